@@ -1,0 +1,1 @@
+"""Shared loading layer: configuration errors, models and data. Imported by everything else."""

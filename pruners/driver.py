@@ -1,0 +1,217 @@
+"""The one layer-by-layer driver every calibration-based method runs on.
+
+1. Capture: every decoder layer's `forward` is briefly replaced by a recorder that stores the
+   exact call (all positional and keyword arguments: masks, position embeddings, per-layer
+   attention types...) and passes the hidden states through untouched; one cheap pass of the
+   base model over the calibration batches then yields the inputs of layer 0 and the call of
+   every layer, for any architecture, with no signature written down and no exception as
+   control flow.
+2. Per layer: forward hooks feed each nn.Linear's input to the method's statistics (matrices
+   that read the same tensor, like q/k/v, share one accumulator), the method turns statistics
+   into new weights, the reconstruction error is measured, and the layer is re-run so that the
+   next layer sees pruned outputs (`propagate: pruned`) or keeps the dense outputs.
+Only one layer's statistics are alive at a time."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pruners.base import (
+    DriverSettings,
+    MatrixReport,
+    decoder_layers,
+    peak_memory_mb,
+    prunable_linears,
+)
+
+
+class LayerwiseMethod(Protocol):
+    """The math a method plugs into the driver."""
+
+    def make_stats(self, columns: int, device: torch.device) -> Any: ...
+
+    def prune_matrix(self, name: str, weight: torch.Tensor, stats: Any) -> tuple[torch.Tensor | None, dict]:
+        """Return the new weight (None: leave it) and notes for the report."""
+
+
+@dataclass
+class LayerCall:
+    """One recorded call of a decoder layer; the hidden-states slot is left empty (None)."""
+
+    signature: inspect.Signature
+    args: tuple
+    kwargs: dict
+    hidden_name: str
+
+    def run(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        bound = self.signature.bind_partial(*self.args, **self.kwargs)
+        bound.arguments[self.hidden_name] = hidden
+        out = layer(*bound.args, **bound.kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _move(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_move(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_move(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    """The model without its LM head (the capture pass never needs logits)."""
+    base = getattr(model, "base_model", None)
+    return base if isinstance(base, nn.Module) and base is not model else model
+
+
+def batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    return [ids[i : i + batch_size] for i in range(0, ids.shape[0], batch_size)]
+
+
+@torch.no_grad()
+def capture(model: nn.Module, ids: torch.Tensor, batch_size: int,
+            device: torch.device) -> tuple[list[torch.Tensor], list[list[LayerCall]]]:
+    """Inputs of layer 0 per batch, and the recorded call of every layer per batch."""
+    layers = decoder_layers(model)
+    signatures = [inspect.signature(layer.forward) for layer in layers]
+    inputs: list[torch.Tensor] = []
+    calls: list[list[LayerCall]] = [[] for _ in layers]
+
+    def recorder(index: int) -> Callable[..., Any]:
+        signature = signatures[index]
+        name = next(iter(signature.parameters))
+
+        def record(*args: Any, **kwargs: Any) -> torch.Tensor:
+            if args:
+                hidden, args = args[0], (None, *args[1:])
+            else:
+                hidden = kwargs.pop(name)
+            if index == 0:
+                inputs.append(hidden.to(device))
+            calls[index].append(LayerCall(signature, _move(args, device), _move(kwargs, device), name))
+            return hidden
+
+        return record
+
+    for index, layer in enumerate(layers):
+        layer.forward = recorder(index)
+    try:
+        base = _base_model(model)
+        first = next(model.parameters()).device
+        for batch in batches(ids, batch_size):
+            base(input_ids=batch.to(first), use_cache=False)
+    finally:
+        for layer in layers:
+            del layer.forward
+    return inputs, calls
+
+
+class _Collector:
+    """Forward pre-hooks that route each linear's input into its (possibly shared) statistics,
+    and keep the first `error_tokens` input rows for the reconstruction error."""
+
+    def __init__(self, linears: dict[str, nn.Linear], make_stats: Callable[[int, torch.device], Any],
+                 error_tokens: int) -> None:
+        self.linears = linears
+        self.make_stats = make_stats
+        self.error_tokens = error_tokens
+        self.owner: dict[str, str] = {}
+        self.stats: dict[str, Any] = {}
+        self.samples: dict[str, torch.Tensor] = {}
+        self._first: list[tuple[torch.Tensor, str]] = []  # (input tensor, owner) of batch 0
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            if name not in self.owner:
+                shared = next((owner for seen, owner in self._first if seen is x), None)
+                self.owner[name] = shared or name
+                self._first.append((x, self.owner[name]))
+                if shared is None:
+                    self.stats[name] = self.make_stats(x.shape[-1], x.device)
+                    rows = x.reshape(-1, x.shape[-1])[: self.error_tokens]
+                    self.samples[name] = rows.detach().float().clone()
+            if self.owner[name] == name:
+                self.stats[name].add(x.detach())
+
+        return hook
+
+    @contextmanager
+    def hooks(self) -> Iterator[None]:
+        handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in self.linears.items()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._first.clear()
+
+    def stats_for(self, name: str) -> Any:
+        return self.stats[self.owner[name]]
+
+    def sample_for(self, name: str) -> torch.Tensor:
+        return self.samples[self.owner[name]]
+
+
+def relative_error(x: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> float:
+    """||W X - W' X||^2 / ||W X||^2 on the sampled input rows x [tokens, in]."""
+    dense = x @ old.float().t()
+    diff = x @ (old.float() - new.float()).t()
+    return float(diff.pow(2).sum() / dense.pow(2).sum().clamp_min(1e-30))
+
+
+@torch.no_grad()
+def run_layerwise(model: nn.Module, ids: torch.Tensor, method: LayerwiseMethod,
+                  settings: DriverSettings, device: torch.device,
+                  label: str = "prune") -> list[MatrixReport]:
+    """Drive `method` over every decoder layer; returns one report per linear matrix."""
+    layers = decoder_layers(model)
+    if settings.offload:
+        model.to("cpu")
+    hiddens, calls = capture(model, ids, settings.batch_size, device)
+    reports: list[MatrixReport] = []
+    bar = tqdm(layers, desc=label, unit="layer", disable=not settings.progress)
+    for index, layer in enumerate(bar):
+        if settings.offload:
+            layer.to(device)
+        linears = prunable_linears(layer)
+        collector = _Collector(linears, method.make_stats, settings.error_tokens)
+        with collector.hooks():
+            outputs = [call.run(layer, h) for h, call in zip(hiddens, calls[index], strict=True)]
+        changed = False
+        for name, linear in linears.items():
+            start = time.perf_counter()
+            full_name = f"layers.{index}.{name}"
+            new, notes = method.prune_matrix(full_name, linear.weight.data, collector.stats_for(name))
+            error = None
+            if new is not None:
+                error = relative_error(collector.sample_for(name), linear.weight.data, new)
+                linear.weight.data.copy_(new.to(linear.weight.dtype))
+                changed = True
+            weight = linear.weight.data
+            reports.append(MatrixReport(
+                name=full_name, shape=tuple(weight.shape),
+                sparsity=float((weight == 0).sum()) / weight.numel(), error=error,
+                seconds=time.perf_counter() - start, peak_mem_mb=peak_memory_mb(device), notes=notes,
+            ))
+        del collector
+        if settings.propagate == "pruned" and changed:
+            outputs = [call.run(layer, h) for h, call in zip(hiddens, calls[index], strict=True)]
+        hiddens = outputs
+        if settings.offload:
+            layer.to("cpu")
+        bar.set_postfix(peak_mb=f"{peak_memory_mb(device):.0f}")
+    return reports

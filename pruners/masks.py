@@ -1,0 +1,88 @@
+"""Mask selection from a score matrix: unstructured (per matrix, per row, per column block) and
+N:M. Pure functions. Ties are broken deterministically: among equal scores the weight with the
+lower flat index is pruned first (a stable ascending sort), so quantized weights that tie a lot
+still give the same mask on every run and machine."""
+
+from __future__ import annotations
+
+import torch
+
+from core.errors import ConfigError
+
+GROUPS = ("matrix", "row", "block")
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """`unstructured` -> None; `N:M` -> (N, M) with 0 < N < M."""
+    if pattern == "unstructured":
+        return None
+    parts = str(pattern).split(":")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        n, m = int(parts[0]), int(parts[1])
+        if 0 < n < m:
+            return n, m
+    raise ConfigError(
+        f"pattern={pattern!r} is not valid; use 'unstructured' or 'N:M' with 0 < N < M (e.g. 2:4, 4:8)"
+    )
+
+
+def check_sparsity(sparsity: float) -> float:
+    value = float(sparsity)
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"sparsity={sparsity!r} is outside [0, 1); e.g. sparsity=0.5")
+    return value
+
+
+def pattern_sparsity(pattern: str, sparsity: float) -> float:
+    """The sparsity a pattern actually gives (N:M fixes it at 1 - N/M)."""
+    nm = parse_pattern(pattern)
+    return sparsity if nm is None else 1.0 - nm[0] / nm[1]
+
+
+def prune_count(n: int, sparsity: float) -> int:
+    """How many of n weights one comparison group loses."""
+    return int(round(sparsity * n))
+
+
+def _keep_lowest_pruned(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean keep-mask along the last dim with the k lowest scores pruned (stable ties)."""
+    keep = torch.ones_like(score, dtype=torch.bool)
+    if k > 0:
+        order = torch.sort(score, dim=-1, stable=True).indices[..., :k]
+        keep.scatter_(-1, order, False)
+    return keep
+
+
+def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the n highest of every m consecutive input weights of each row."""
+    rows, cols = score.shape
+    if cols % m:
+        raise ConfigError(f"pattern {n}:{m} needs the input width ({cols}) to be a multiple of {m}")
+    grouped = score.reshape(rows, cols // m, m)
+    return _keep_lowest_pruned(grouped, m - n).reshape(rows, cols)
+
+
+def unstructured_mask(score: torch.Tensor, sparsity: float, group: str = "matrix",
+                      block: int = 128) -> torch.Tensor:
+    """Keep the top (1 - sparsity) of the scores within each comparison group."""
+    if group == "matrix":
+        flat = score.reshape(1, -1)
+        return _keep_lowest_pruned(flat, prune_count(flat.shape[1], sparsity)).reshape(score.shape)
+    if group == "row":
+        return _keep_lowest_pruned(score, prune_count(score.shape[1], sparsity))
+    if group == "block":
+        keep = torch.empty_like(score, dtype=torch.bool)
+        for start in range(0, score.shape[1], block):
+            part = score[:, start : start + block]
+            keep[:, start : start + block] = unstructured_mask(part, sparsity, "matrix")
+        return keep
+    raise ConfigError(f"mask group {group!r} is not valid; choose one of {GROUPS}")
+
+
+def select_mask(score: torch.Tensor, sparsity: float, pattern: str = "unstructured",
+                group: str = "matrix", block: int = 128) -> torch.Tensor:
+    """The keep-mask for a score matrix [out, in] under a pattern."""
+    nm = parse_pattern(pattern)
+    if nm is not None:
+        return nm_mask(score, *nm)
+    return unstructured_mask(score, sparsity, group, block)
