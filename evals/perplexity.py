@@ -1,0 +1,112 @@
+"""Strided perplexity: token-weighted mean NLL over windows of `window` tokens moved by `stride`,
+scoring only the tokens each window adds (each with at least `window - stride` tokens of
+context, except in the first window; a window's first token is never a target, so with
+stride == window one token per window goes unscored), plus bits per byte of the scored text."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Perplexity:
+    ppl: float
+    nll: float  # mean NLL per scored token (nats)
+    bpb: float  # bits per UTF-8 byte of the scored text
+    tokens: int  # scored tokens
+    windows: int
+    window: int
+    stride: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Window:
+    begin: int
+    end: int
+    first_scored: int  # absolute index of the first target token scored in this window
+
+
+def plan_windows(length: int, window: int, stride: int, max_windows: int | None) -> list[Window]:
+    """Windows over a sequence of `length` tokens; every token after the first is scored once."""
+    if window < 2 or not 0 < stride <= window:
+        raise ValueError(f"need window >= 2 and 0 < stride <= window, got window={window}, stride={stride}")
+    plans, scored_until = [], 1  # token 0 has no context and is never scored
+    begin = 0
+    while scored_until < length and (max_windows is None or len(plans) < max_windows):
+        end = min(begin + window, length)
+        plans.append(Window(begin, end, max(scored_until, begin + 1)))
+        scored_until = end
+        begin += stride
+    return plans
+
+
+def _byte_counts(text: str, offsets: list[tuple[int, int]]) -> torch.Tensor:
+    """UTF-8 bytes covered by each token, from the tokenizer's character offsets."""
+    char_bytes = torch.tensor([len(c.encode("utf-8")) for c in text], dtype=torch.long)
+    cumulative = torch.cat([torch.zeros(1, dtype=torch.long), char_bytes.cumsum(0)])
+    spans = torch.tensor(offsets, dtype=torch.long).reshape(-1, 2)
+    return cumulative[spans[:, 1]] - cumulative[spans[:, 0]]
+
+
+def _encode(tokenizer: Any, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return torch.tensor(encoded["input_ids"], dtype=torch.long), _byte_counts(text, encoded["offset_mapping"])
+
+
+def encode_text(tokenizer: Any, texts: list[str],
+                max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of the documents joined by blank lines, and the bytes each token covers.
+    With `max_tokens`, only the leading documents that can supply them are tokenized."""
+    joined = "\n\n".join(texts)
+    if max_tokens is not None:
+        head = joined[: 8 * max_tokens]  # natural text has well under 8 characters per token
+        ids, byte_counts = _encode(tokenizer, head)
+        if ids.numel() <= max_tokens and len(head) < len(joined):
+            ids, byte_counts = _encode(tokenizer, joined)
+        return ids[:max_tokens], byte_counts[:max_tokens]
+    return _encode(tokenizer, joined)
+
+
+@torch.no_grad()
+def strided_perplexity(model: nn.Module, tokenizer: Any, texts: list[str], window: int, stride: int,
+                       max_windows: int | None = None, batch_size: int = 1,
+                       progress: bool = True, label: str = "perplexity") -> Perplexity:
+    """Perplexity of `texts` (joined by blank lines) under `model`."""
+    limit = None if max_windows is None else (max_windows - 1) * stride + window
+    ids, byte_counts = encode_text(tokenizer, texts, limit)
+    plans = plan_windows(ids.numel(), window, stride, max_windows)
+    device = next(model.parameters()).device
+    total_nll, total_tokens, total_bytes = 0.0, 0, 0
+    groups: dict[int, list[Window]] = {}
+    for plan in plans:  # batch windows of equal length together
+        groups.setdefault(plan.end - plan.begin, []).append(plan)
+    bar = tqdm(total=len(plans), desc=label, unit="window", disable=not progress)
+    for length, group in groups.items():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            batch = torch.stack([ids[w.begin : w.end] for w in chunk]).to(device)
+            logits = model(input_ids=batch).logits.float()
+            for row, w in enumerate(chunk):
+                first = w.first_scored - w.begin  # position of the first scored target
+                targets = batch[row, first:]
+                nll = F.cross_entropy(logits[row, first - 1 : length - 1], targets, reduction="sum")
+                total_nll += float(nll)
+                total_tokens += targets.numel()
+                total_bytes += int(byte_counts[w.first_scored : w.end].sum())
+            bar.update(len(chunk))
+    bar.close()
+    mean = total_nll / max(total_tokens, 1)
+    return Perplexity(
+        ppl=math.exp(mean), nll=mean, bpb=total_nll / math.log(2) / max(total_bytes, 1),
+        tokens=total_tokens, windows=len(plans), window=window, stride=stride,
+    )

@@ -1,0 +1,185 @@
+"""One prune -> evaluate cell (or a Hydra multirun grid of them).
+
+    python run.py pruner=wanda domain=legal
+    python run.py -m pruner=magnitude,wanda,sparsegpt domain=healthcare,legal sparsity=0.5
+
+Order of work: validate everything cheap (config values, data files, model availability), skip
+the cell if its record exists, then load the model, prune, evaluate, write the record
+atomically, and only then log to W&B."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+CONF_DIR = PROJECT_ROOT / "conf"
+GROUPS = ("model", "pruner", "domain", "calib", "eval", "logger", "experiment")
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Name an unknown config-group choice in one line (before Hydra's longer message)."""
+    for arg in argv[1:]:
+        name, _, value = arg.lstrip("+~").partition("=")
+        if name not in GROUPS or not value:
+            continue
+        known = sorted(p.stem for p in (CONF_DIR / name).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice and choice not in known:
+                print(f"error: unknown {name} {choice!r}; choose one of: {', '.join(known)}", file=sys.stderr)
+                sys.exit(2)
+
+
+check_group_choices(sys.argv)
+
+import hydra  # noqa: E402  (after the cheap argument check)
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from bench.records import finished, record_key, save_record  # noqa: E402
+from bench.tracking import log_record, resolve_mode  # noqa: E402
+from core.data import data_path, general_calibration, resolve_data_root  # noqa: E402
+from core.errors import ConfigError  # noqa: E402
+from core.models import check_model, load_model, resolve_device  # noqa: E402
+from evals.suite import check_eval_inputs, evaluate  # noqa: E402
+from pruners import Calibration, Pruner  # noqa: E402
+from pruners.base import peak_memory_mb, sparsity_summary  # noqa: E402
+
+PACKAGES = ("torch", "transformers", "lm_eval", "hydra-core", "wandb", "datasets", "dpruner-bench")
+
+
+def cell_config(cfg: DictConfig, pruner: Pruner) -> dict[str, Any]:
+    """The resolved config, normalised so that equivalent cells share one key: the dense model
+    has no sparsity or pattern, and data-free methods have no calibration."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if pruner.name == "dense":
+        config["sparsity"], config["pattern"] = 0.0, "unstructured"
+        config["pruner"].update(sparsity=0.0, pattern="unstructured")
+    if not pruner.needs:
+        config.pop("calib", None)
+    return config
+
+
+def check_inputs(cfg: DictConfig, pruner: Pruner, root: Path) -> None:
+    """All files and settings a cell needs, checked before any weights load."""
+    if "ids" in pruner.needs and cfg.calib.source not in ("general", "domain", "mixed"):
+        raise ConfigError(f"calib.source={cfg.calib.source!r}; choose general, domain or mixed")
+    if pruner.needs & {"ids", "general"}:
+        data_path(root, cfg.data.general.calib.path)
+    check_eval_inputs(cfg.domain, cfg.data.general, root)
+    if cfg.logger.name == "wandb":
+        resolve_mode(cfg.logger.mode)
+    check_model(cfg.model)
+
+
+def calibration_for(pruner: Pruner, cfg: DictConfig, tokenizer: Any, root: Path) -> Calibration:
+    """The token windows the method asked for (`needs`), seeded."""
+    n, seqlen, seed = int(cfg.calib.nsamples), int(cfg.calib.seqlen), int(cfg.seed)
+    calibration = Calibration()
+    if not pruner.needs:
+        return calibration
+    general = general_calibration(tokenizer, cfg.data.general.calib, root, n, seqlen, seed)
+    if "ids" in pruner.needs:
+        if cfg.calib.source != "general":
+            raise ConfigError(f"calib={cfg.calib.source} needs the domain calibration sets")
+        calibration.ids = general
+    return calibration
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def build_pruner(pruner_cfg: DictConfig) -> Pruner:
+    """Instantiate the `_target_` class; its constructor validates every value."""
+    options = OmegaConf.to_container(pruner_cfg, resolve=True)
+    target = options.pop("_target_")
+    cls = hydra.utils.get_class(target)
+    try:
+        return cls(**options)
+    except TypeError as err:
+        raise ConfigError(f"{target}: {err}") from err
+
+
+def run_cell(cfg: DictConfig) -> Path | None:
+    pruner = build_pruner(cfg.pruner)
+    root = resolve_data_root(cfg.data.root)
+    check_inputs(cfg, pruner, root)
+    config = cell_config(cfg, pruner)
+    key = record_key(config)
+    results_dir = Path(cfg.results.dir)
+    results_dir = results_dir if results_dir.is_absolute() else PROJECT_ROOT / results_dir
+    if finished(results_dir, key) and not cfg.force:
+        print(f"skip: cell {key} already done ({results_dir / (key + '.json')}); force=true re-runs it")
+        return None
+
+    torch.manual_seed(int(cfg.seed))
+    device = resolve_device(cfg.model.device)
+    model, tokenizer = load_model(cfg.model)
+    calibration = calibration_for(pruner, cfg, tokenizer, root)
+
+    start = time.perf_counter()
+    reports = pruner.prune(model, calibration, device)
+    prune_seconds = time.perf_counter() - start
+    sparsity = sparsity_summary(model)
+
+    evaluation = evaluate(model, tokenizer, cfg.eval, cfg.domain, cfg.data.general, root,
+                          progress=bool(cfg.driver.progress))
+    record = {
+        "key": key, "version": 1, "status": "done",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cell": {"model": cfg.model.name, "pruner": pruner.name, "domain": cfg.domain.name,
+                 "sparsity": config["sparsity"], "pattern": config["pattern"],
+                 "calib": cfg.calib.source if pruner.needs else None, "seed": int(cfg.seed),
+                 "eval": cfg.eval.name},
+        "config": config,
+        "metrics": evaluation.metrics,
+        "sparsity": {"target": pruner.target_sparsity, **sparsity},
+        "prune": {"seconds": prune_seconds, "matrices": [r.as_dict() for r in reports]},
+        "eval": {"seconds": evaluation.seconds, "details": evaluation.details},
+        "memory": {"peak_rss_mb": peak_memory_mb(),
+                   "peak_cuda_mb": peak_memory_mb(device) if device.type == "cuda" else None},
+        "versions": versions(), "git": git_revision(), "samples": evaluation.samples, "masks": None,
+    }
+    path = save_record(results_dir, record)
+    log_record(record, cfg.logger, PROJECT_ROOT)
+    shown = ", ".join(f"{k}={v:.3f}" for k, v in evaluation.metrics.items() if k.endswith("/ppl"))
+    print(f"done: {pruner.name} {cfg.domain.name} sparsity={sparsity['achieved']:.3f} "
+          f"prune={prune_seconds:.0f}s eval={evaluation.seconds:.0f}s {shown} -> {path}")
+    return path
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run_cell(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
