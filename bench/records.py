@@ -28,7 +28,7 @@ RECORD_VERSION = 1
 # Settings that change where things go or how they are shown, never what a cell computes.
 NOT_IN_KEY = (
     ("logger",), ("results",), ("force",), ("data", "root"), ("model", "cache_dir"),
-    ("driver", "progress"), ("hydra",), ("save_model",), ("save_masks",),
+    ("driver", "progress"), ("pruner", "driver", "progress"), ("hydra",), ("save_model",), ("save_masks",),
 )
 
 
