@@ -1,0 +1,160 @@
+"""Domain calibration: each domain's training items rendered as plain text through prompt
+templates (the task's input, question and answer stated in a sentence or two), then token
+windows. Only calibration splits are read; the two held-out parts that share a file with
+calibration data are excluded here: PubMedQA's official test ids and MedQuAD's perplexity slice
+(with every answer whose text repeats one of that slice)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.data import data_path, read_jsonl, sample_windows, token_stream
+from core.errors import ConfigError
+
+
+def _clean(text: str) -> str:
+    """Collapse the runs of spaces and indented line breaks that scraped sources carry."""
+    text = re.sub(r"[ \t]*\n\s*", "\n", str(text).strip())
+    return re.sub(r"[ \t]{2,}", " ", text)
+
+
+# --- templates: one training item -> one natural text ------------------------------------------
+
+def pubmedqa_text(item: Mapping[str, Any]) -> str:
+    context = " ".join(item["CONTEXTS"])
+    return (f"Context: {_clean(context)}\nQuestion: {_clean(item['QUESTION'])}\n"
+            f"The answer is {item['final_decision']}. {_clean(item['LONG_ANSWER'])}")
+
+
+def meqsum_text(row: Mapping[str, Any]) -> str:
+    return (f"A patient asks: {_clean(row['CHQ'])}\n"
+            f"In short, the patient's question is: {_clean(row['Summary'])}")
+
+
+def rqe_text(chq: str, faq: str, entails: bool) -> str:
+    answer = "Yes" if entails else "No"
+    return (f"Question A: {_clean(chq)}\nQuestion B: {_clean(faq)}\n"
+            f"Does an answer to question B also answer question A? {answer}.")
+
+
+def medquad_text(row: Mapping[str, Any]) -> str:
+    return f"Question: {_clean(row['question'])}\nAnswer: {_clean(row['answer'])}"
+
+
+def casehold_text(row: Mapping[str, Any]) -> str:
+    """The citing passage with its correct holding written in place of the <HOLDING> mark."""
+    holding = row[f"holding_{int(row['label'])}"]
+    return _clean(row["citing_prompt"]).replace("<HOLDING>", f"({_clean(holding)})", 1)
+
+
+def billsum_text(row: Mapping[str, Any]) -> str:
+    return (f"The text of a bill follows. {_clean(row['source'])}\n"
+            f"Summary of the bill: {_clean(row['summary'])}")
+
+
+# --- readers: one source spec -> its rendered texts --------------------------------------------
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON ({err.msg})") from err
+
+
+def _pubmedqa(spec: Mapping[str, Any], root: Path) -> list[str]:
+    """PQA-L items whose id is not in the official test split (`exclude_ids`)."""
+    items = _read_json(data_path(root, spec["path"]))
+    test = set(_read_json(data_path(root, spec["exclude_ids"])))
+    return [pubmedqa_text(item) for key, item in items.items() if key not in test]
+
+
+def _meqsum(spec: Mapping[str, Any], root: Path) -> list[str]:
+    return [meqsum_text(row) for row in read_jsonl(data_path(root, spec["path"]), ["CHQ", "Summary"])]
+
+
+def _rqe(spec: Mapping[str, Any], root: Path) -> list[str]:
+    path = data_path(root, spec["path"])
+    try:
+        pairs = ET.parse(path).getroot().iter("pair")
+    except ET.ParseError as err:
+        raise ConfigError(f"{path} is not valid RQE XML ({err})") from err
+    return [rqe_text(p.findtext("chq", ""), p.findtext("faq", ""), p.get("value") == "true") for p in pairs]
+
+
+def _medquad(spec: Mapping[str, Any], root: Path) -> list[str]:
+    """Rows outside the perplexity slice (index % skip_every == 0) and not repeating its answers."""
+    rows = read_jsonl(data_path(root, spec["path"]), ["question", "answer"])
+    every = int(spec["skip_every"])
+    if every < 1:
+        raise ConfigError(f"medquad skip_every={every} must be >= 1 (the perplexity slice's `every`)")
+    held_out = {row["answer"] for row in rows[::every]}
+    return [medquad_text(row) for index, row in enumerate(rows)
+            if index % every and row["answer"] not in held_out]
+
+
+def _casehold(spec: Mapping[str, Any], root: Path) -> list[str]:
+    fields = ["citing_prompt", "label", *(f"holding_{i}" for i in range(5))]
+    return [casehold_text(row) for row in read_jsonl(data_path(root, spec["path"]), fields)]
+
+
+def _billsum(spec: Mapping[str, Any], root: Path) -> list[str]:
+    return [billsum_text(row) for row in read_jsonl(data_path(root, spec["path"]), ["source", "summary"])]
+
+
+READERS: dict[str, Callable[[Mapping[str, Any], Path], list[str]]] = {
+    "pubmedqa": _pubmedqa, "meqsum": _meqsum, "rqe": _rqe, "medquad": _medquad,
+    "casehold": _casehold, "billsum": _billsum,
+}
+
+
+def _evenly(items: list[str], limit: int | None) -> list[str]:
+    """At most `limit` items spread evenly over the list (files are often sorted by topic)."""
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(int(limit))]
+
+
+def domain_texts(calib_cfg: Mapping[str, Any], data_root: Path) -> list[str]:
+    """Every rendered calibration text of a domain (`domain.calib`), source by source."""
+    sources = calib_cfg.get("sources") or {}
+    if not sources:
+        raise ConfigError("domain.calib.sources is empty; the domain has no calibration texts")
+    texts: list[str] = []
+    for name, spec in sources.items():
+        reader = READERS.get(spec.get("format", name))
+        if reader is None:
+            raise ConfigError(f"domain.calib.sources.{name}.format={spec.get('format')!r}; "
+                              f"choose one of {sorted(READERS)}")
+        texts.extend(_evenly(reader(spec, data_root), spec.get("limit")))
+    return texts
+
+
+def domain_windows(tokenizer: Any, calib_cfg: Mapping[str, Any], data_root: Path,
+                   nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """[nsamples, seqlen] windows from the domain texts, shuffled with `seed` and concatenated
+    (EOS between texts); tokenization stops at `calib_cfg.max_tokens` (bounded cost)."""
+    texts = domain_texts(calib_cfg, data_root)
+    random.Random(seed).shuffle(texts)
+    budget = calib_cfg.get("max_tokens")
+    stream = token_stream(tokenizer, texts, None if budget is None else max(int(budget), seqlen + 1))
+    return sample_windows(stream, nsamples, seqlen, seed)
+
+
+def mixed_windows(general: torch.Tensor, domain: torch.Tensor, mix: float) -> torch.Tensor:
+    """As many windows as `general`: the first round(n * mix) domain windows, then general ones."""
+    if not 0.0 <= float(mix) <= 1.0:
+        raise ConfigError(f"calib.mix={mix!r} must be in [0, 1] (the fraction of domain windows)")
+    n = general.shape[0]
+    k = round(n * float(mix))
+    if domain.shape[0] < k or (k and domain.shape[1] != general.shape[1]):
+        raise ConfigError(f"mixed calibration needs {k} domain windows of {general.shape[1]} tokens, "
+                          f"got {tuple(domain.shape)}")
+    return torch.cat([domain[:k], general[: n - k]])
