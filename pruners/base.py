@@ -104,11 +104,15 @@ def prunable_linears(layer: nn.Module) -> dict[str, nn.Linear]:
 
 def model_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """Every prunable nn.Linear of the model, named `layers.<i>.<name>`."""
-    return {
+    found = {
         f"layers.{i}.{name}": linear
         for i, layer in enumerate(decoder_layers(model))
         for name, linear in prunable_linears(layer).items()
     }
+    if not found:
+        raise ConfigError(f"{type(model).__name__} has no nn.Linear inside its decoder layers "
+                          "(e.g. GPT-2's Conv1D); such models are not supported")
+    return found
 
 
 class Pruner:

@@ -29,6 +29,7 @@ from pruners.base import (
     DriverSettings,
     MatrixReport,
     decoder_layers,
+    model_linears,
     peak_memory_mb,
     prunable_linears,
 )
@@ -179,6 +180,7 @@ def run_layerwise(model: nn.Module, ids: torch.Tensor, method: LayerwiseMethod,
                   label: str = "prune") -> list[MatrixReport]:
     """Drive `method` over every decoder layer; returns one report per linear matrix."""
     layers = decoder_layers(model)
+    model_linears(model)  # fails clearly when there is nothing to prune
     if settings.offload:
         model.to("cpu")
     hiddens, calls = capture(model, ids, settings.batch_size, device)

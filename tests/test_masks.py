@@ -1,0 +1,96 @@
+"""Mask selection against independent brute-force computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.errors import ConfigError
+from pruners.magnitude import magnitude_mask
+from pruners.masks import parse_pattern, select_mask
+from pruners.wanda import wanda_mask
+
+
+def brute_force_keep(scores: list[float], prune: int) -> list[bool]:
+    """Prune the `prune` lowest scores; among equal scores the lower index goes first."""
+    order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+    pruned = set(order[:prune])
+    return [i not in pruned for i in range(len(scores))]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.25, 0.5, 0.7, 0.9])
+def test_magnitude_matches_brute_force(sparsity: float) -> None:
+    torch.manual_seed(1)
+    weight = torch.randn(6, 10).round(decimals=1)  # rounding makes many ties
+    keep = magnitude_mask(weight, sparsity, "unstructured", "per_matrix")
+    flat = weight.abs().flatten().tolist()
+    expected = brute_force_keep(flat, round(sparsity * len(flat)))
+    assert keep.flatten().tolist() == expected
+
+
+def test_magnitude_per_row_matches_brute_force() -> None:
+    torch.manual_seed(2)
+    weight = torch.randn(5, 8).round(decimals=1)
+    keep = magnitude_mask(weight, 0.5, "unstructured", "per_row")
+    for row in range(5):
+        assert keep[row].tolist() == brute_force_keep(weight[row].abs().tolist(), 4)
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.6])
+def test_wanda_matches_brute_force(sparsity: float) -> None:
+    torch.manual_seed(3)
+    weight = torch.randn(7, 12)
+    inputs = torch.randn(40, 12) * torch.linspace(0.1, 3.0, 12)
+    norms = inputs.pow(2).sum(0).sqrt()
+    keep = wanda_mask(weight, norms, sparsity, "unstructured")
+    for row in range(7):
+        scores = [abs(float(weight[row, j])) * float(norms[j]) for j in range(12)]
+        assert keep[row].tolist() == brute_force_keep(scores, round(sparsity * 12))
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4"])
+def test_nm_groups_exact(pattern: str) -> None:
+    n, m = parse_pattern(pattern)
+    torch.manual_seed(4)
+    score = torch.randn(9, 32).abs()
+    keep = select_mask(score, 0.5, pattern)
+    groups = keep.reshape(9, 32 // m, m)
+    assert bool((groups.sum(-1) == n).all())
+    for row in range(9):
+        for g in range(32 // m):
+            part = score[row, g * m : (g + 1) * m].tolist()
+            assert groups[row, g].tolist() == brute_force_keep(part, m - n)
+
+
+@pytest.mark.parametrize("group", ["matrix", "row", "block"])
+@pytest.mark.parametrize("sparsity", [0.5, 0.6, 0.7])
+def test_achieved_sparsity_per_group(group: str, sparsity: float) -> None:
+    score = torch.rand(16, 256)
+    keep = select_mask(score, sparsity, group=group, block=128)
+    if group == "matrix":
+        sizes = [(~keep).sum()]
+        expect = [round(sparsity * keep.numel())]
+    elif group == "row":
+        sizes, expect = (~keep).sum(1).tolist(), [round(sparsity * 256)] * 16
+    else:
+        sizes = [(~keep[:, b : b + 128]).sum() for b in (0, 128)]
+        expect = [round(sparsity * 16 * 128)] * 2
+    assert [int(s) for s in sizes] == expect
+
+
+def test_all_ties_are_deterministic() -> None:
+    score = torch.ones(4, 8)
+    first = select_mask(score, 0.5, group="row")
+    assert torch.equal(first, select_mask(score.clone(), 0.5, group="row"))
+    assert first[:, :4].logical_not().all() and first[:, 4:].all()  # lower indices pruned first
+
+
+@pytest.mark.parametrize("bad", ["3:2", "2:x", "0:4", "4:4", "2-4", ""])
+def test_bad_patterns_rejected(bad: str) -> None:
+    with pytest.raises(ConfigError, match="pattern"):
+        parse_pattern(bad)
+
+
+def test_nm_needs_divisible_width() -> None:
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        select_mask(torch.rand(2, 6), 0.5, "2:4")
