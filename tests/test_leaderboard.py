@@ -1,0 +1,203 @@
+"""The leaderboard from constructed records (no model runs): the right cells, the best marked,
+gaps empty, broken records reported and skipped, valid PNG plots; masks round-trip and Jaccard."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+from bench import leaderboard
+from bench.masks import jaccard, load_masks, save_masks
+from bench.records import save_record
+from pruners.base import model_linears
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_record(key: str, pruner: str, domain: str, sparsity: float, metrics: dict[str, float],
+                pattern: str = "unstructured", calib: str | None = "general", masks: str | None = None,
+                **pruner_options: object) -> dict:
+    cell = {"model": "tiny", "pruner": pruner, "domain": domain, "sparsity": sparsity, "pattern": pattern,
+            "calib": calib, "seed": 0, "eval": "smoke"}
+    return {"key": key, "version": 1, "status": "done", "cell": cell,
+            "config": {"pruner": {"name": pruner, **pruner_options}, "sparsity": sparsity,
+                       "pattern": pattern},
+            "metrics": metrics, "prune": {"seconds": 1.5}, "masks": masks}
+
+
+def legal(ppl: float, f1: float | None, wiki: float) -> dict[str, float]:
+    metrics = {"legal/multilegalpile/ppl": ppl, "general/wikitext2/ppl": wiki}
+    if f1 is not None:
+        metrics["legal/casehold/macro_f1"] = f1
+    return metrics
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    folder = tmp_path / "runs"
+    records = [
+        make_record("dense0000", "dense", "legal", 0.0, legal(10.0, 0.40, 20.0), calib=None),
+        make_record("mag50", "magnitude", "legal", 0.5, legal(30.0, 0.30, 60.0), calib=None),
+        make_record("wanda50", "wanda", "legal", 0.5, legal(15.0, 0.35, 25.0)),
+        make_record("wanda60", "wanda", "legal", 0.6, legal(25.0, None, 40.0)),  # casehold not measured
+        make_record("sgpt50", "sparsegpt", "legal", 0.5, legal(14.0, 0.31, 26.0)),
+        make_record("sgpt24", "sparsegpt", "legal", 0.5, legal(18.0, 0.33, 30.0), pattern="2:4"),
+        make_record("wandamix", "wanda", "legal", 0.5, legal(13.0, 0.36, 27.0), calib="mixed"),
+        make_record("dprun50a", "dpruner", "legal", 0.5, legal(12.0, 0.37, 24.0), lambda_=0.1),
+        make_record("dprun50b", "dpruner", "legal", 0.5, legal(12.5, 0.38, 23.0), lambda_=0.0),
+        make_record("hc-wanda", "wanda", "healthcare", 0.5,
+                    {"healthcare/medquad/ppl": 9.0, "healthcare/pubmedqa/acc": 0.5, "general/c4/ppl": 30.0}),
+    ]
+    for record in records:
+        save_record(folder, record)
+    (folder / "corrupt.json").write_text('{"key": "corrupt", "status": "do', encoding="utf-8")
+    return folder
+
+
+def block(suite: leaderboard.Suite, title: str) -> leaderboard.Block:
+    return next(b for b in suite.blocks if b.title == title)
+
+
+def values(block: leaderboard.Block, label: str) -> dict:
+    return next(r.values for r in block.rows if r.label == label)
+
+
+def test_tables_cells_best_and_gaps(results: Path) -> None:
+    suites = leaderboard.build(leaderboard.read_cells(results))
+    assert set(suites) == {"legal", "healthcare"}
+    (suite,) = suites["legal"]
+    assert [b.title for b in suite.blocks] == [
+        "sparsity 0.5 · unstructured", "sparsity 0.6 · unstructured", "sparsity 0.5 · 2:4",
+        "sparsity 0.5 · unstructured · calib=mixed"]
+    ppl, f1, wiki = "legal/multilegalpile/ppl", "legal/casehold/macro_f1", "general/wikitext2/ppl"
+    assert suite.blocks[0].columns == [ppl, f1, wiki, leaderboard.COST]
+
+    half = block(suite, "sparsity 0.5 · unstructured")
+    labels = [r.label for r in half.rows]
+    assert labels == ["dense (reference)", "magnitude", "wanda", "sparsegpt",
+                      "dpruner (lambda_=0.0)", "dpruner (lambda_=0.1)"]
+    assert values(half, "wanda")[ppl] == 15.0
+    # best among pruned methods, never the dense reference; lower ppl, higher F1
+    assert half.best[ppl] == {"dpruner (lambda_=0.1)"}
+    assert half.best[f1] == {"dpruner (lambda_=0.0)"}
+    assert half.best[wiki] == {"dpruner (lambda_=0.0)"}
+    assert leaderboard.COST not in half.best
+
+    # the dense reference is in every block; methods without a cell at 0.6 are empty rows
+    sixty = block(suite, "sparsity 0.6 · unstructured")
+    assert [r.label for r in sixty.rows] == ["dense (reference)", "magnitude", "wanda", "sparsegpt",
+                                             "dpruner"]
+    assert values(sixty, "magnitude") == {}
+    assert values(sixty, "wanda").get(f1) is None
+    assert [r.label for r in block(suite, "sparsity 0.5 · unstructured · calib=mixed").rows] == [
+        "dense (reference)", "wanda · calib=mixed"]
+
+    out = results.parent / "board"
+    assert leaderboard.main([str(results), "--out", str(out)]) == 0
+    md = (out / "legal.md").read_text(encoding="utf-8")
+    assert md.splitlines()[2].startswith("Generated by `python -m bench.leaderboard ")
+    assert "| wanda | 15.00 | 0.350 | 25.00 | 1.5 |" in md
+    assert "| dpruner (lambda_=0.1) | **12.00** | 0.370 | 24.00 | 1.5 |" in md
+    assert "| magnitude |  |  |  |  |" in md  # not run at 0.6: empty, not zero
+    assert "| wanda | 25.00 |  | 40.00 | 1.5 |" in md  # casehold not measured; alone: nothing to mark
+    assert "| dense (reference) | 10.00 | 0.400 | 20.00 | 1.5 |" in md
+
+    rows = list(csv.DictReader(io.StringIO((out / "legal.csv").read_text(encoding="utf-8"))))
+    assert len(rows) == 9 and rows[0]["method"] == "dense"
+    wanda60 = next(r for r in rows if r["key"] == "wanda60")
+    assert wanda60[f1] == "" and float(wanda60[ppl]) == 25.0
+
+    page = (out / "legal.html").read_text(encoding="utf-8")
+    assert "<strong>12.00</strong>" in page and "data:image/png;base64," in page and "<link" not in page
+    assert (out / "healthcare.md").exists() and (out / "healthcare.csv").exists()
+
+
+def test_plots_are_valid_pngs(results: Path) -> None:
+    out = results.parent / "board"
+    assert leaderboard.main([str(results), "--out", str(out)]) == 0
+    pngs = sorted(out.glob("*.png"))
+    names = {p.name for p in pngs}
+    assert {"legal-tiny-smoke-ppl_vs_sparsity.png", "legal-tiny-smoke-general_vs_domain.png",
+            "healthcare-tiny-smoke-ppl_vs_sparsity.png"} <= names
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+        image = matplotlib.image.imread(png)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_corrupt_record_is_reported_and_skipped(results: Path, capsys: pytest.CaptureFixture) -> None:
+    out = results.parent / "board"
+    assert leaderboard.main([str(results), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert str(results / "corrupt.json") in err
+    assert (results / "corrupt.json").exists()  # reported, never removed or overwritten
+    assert "corrupt" not in (out / "legal.csv").read_text(encoding="utf-8")
+    assert len((out / "legal.csv").read_text(encoding="utf-8").splitlines()) == 10
+
+
+def test_no_records_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert leaderboard.main([str(tmp_path), "--out", str(tmp_path / "board")]) == 1
+    assert "no finished records" in capsys.readouterr().err
+
+
+def test_direction() -> None:
+    assert leaderboard.direction("legal/multilegalpile/ppl") == -1
+    assert leaderboard.direction("general/c4/bpb") == -1
+    assert leaderboard.direction("healthcare/pubmedqa/acc") == 1
+    assert leaderboard.direction("legal/casehold/macro_f1") == 1
+    assert leaderboard.direction("legal/billsum/rougeL") == 1
+    assert leaderboard.direction("legal/billsum/gen_len") == 0
+
+
+def test_masks_round_trip_and_jaccard(make_tiny, tmp_path: Path) -> None:
+    model = make_tiny("llama")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for linear in model_linears(model).values():
+            linear.weight.mul_(torch.rand(linear.weight.shape, generator=generator) > 0.5)
+    path = save_masks(model, tmp_path / "masks" / "cell.npz")
+    masks = load_masks(path)
+    linears = model_linears(model)
+    assert list(masks) == list(linears)
+    for name, linear in linears.items():
+        assert masks[name].dtype == bool and masks[name].shape == tuple(linear.weight.shape)
+        assert np.array_equal(masks[name], (linear.weight != 0).numpy())
+    assert not list(path.parent.glob("*.tmp"))
+    bits = sum(w.weight.numel() for w in linears.values())
+    assert path.stat().st_size < bits / 8 + 512 * (len(linears) + 2)  # one bit per weight + headers
+    assert jaccard(masks, masks) == 1.0
+
+    a = np.array([[1, 1, 0, 0], [1, 0, 1, 0]], dtype=bool)
+    b = np.array([[1, 0, 0, 1], [1, 0, 1, 1]], dtype=bool)
+    assert jaccard(a, b) == pytest.approx(3 / 6)  # kept in both: 3; in either: 6
+    assert jaccard({"x": a, "y": a}, {"x": b, "y": a}) == pytest.approx((3 + 4) / (6 + 4))  # a keeps 4
+    assert jaccard(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+    with pytest.raises(ValueError):
+        jaccard(a, b[:, :2])
+
+
+def test_mask_similarity_plot(make_tiny, tmp_path: Path) -> None:
+    folder = tmp_path / "runs"
+    cells = [("wanda", "legal"), ("wanda", "healthcare"), ("magnitude", "legal")]
+    for i, (pruner, domain) in enumerate(cells):
+        model = make_tiny("llama", seed=i)
+        with torch.no_grad():
+            for linear in model_linears(model).values():
+                linear.weight.mul_(linear.weight.abs() > linear.weight.abs().median())
+        save_masks(model, folder / "masks" / f"c{i}.npz")
+        metric = f"{domain}/x/ppl"
+        save_record(folder, make_record(f"c{i}", pruner, domain, 0.5, {metric: 10.0 + i},
+                                        masks=f"masks/c{i}.npz"))
+    out = tmp_path / "board"
+    assert leaderboard.main([str(folder), "--out", str(out)]) == 0
+    (heatmap,) = out.glob("masks-*.png")
+    assert heatmap.name == "masks-tiny-smoke-s0.5-unstructured.png"
+    assert heatmap.read_bytes()[:8] == PNG_SIGNATURE
+    assert heatmap.name in (out / "legal.md").read_text(encoding="utf-8")
+    assert heatmap.name in (out / "healthcare.md").read_text(encoding="utf-8")
