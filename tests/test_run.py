@@ -1,0 +1,75 @@
+"""run.py from the command line: clear one-line errors before any model loads, and an end-to-end
+cell on the real embedded model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*overrides: str, results: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    args = [sys.executable, "run.py", *overrides, "logger=none"]
+    if results is not None:
+        args.append(f"results.dir={results}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    (["pruner=foo"], "unknown pruner 'foo'"),
+    (["sparsity=1.5"], "sparsity=1.5 is outside [0, 1)"),
+    (["sparsity=-0.1"], "sparsity=-0.1 is outside [0, 1)"),
+    (["pattern=3:2"], "pattern='3:2' is not valid"),
+    (["pattern=2:x"], "pattern='2:x' is not valid"),
+    (["data.root=/nonexistent/data"], "data root '/nonexistent/data' does not exist"),
+    (["data.general.calib.path=general/missing.jsonl"], "missing.jsonl' not found"),
+    (["domain=legal", "domain.perplexity.multilegalpile.path=nope.jsonl"], "nope.jsonl' not found"),
+    (["model=nonexistent"], "unknown model 'nonexistent'"),
+    (["model=hub", "model.name_or_path=/no/such/model"], "'/no/such/model' cannot be loaded"),
+    (["calib.source=elsewhere"], "calib.source='elsewhere'"),
+    (["driver.propagate=sideways"], "driver.propagate='sideways'"),
+])
+def test_bad_input_is_one_clear_line(override: list[str], expected: str, tmp_path: Path) -> None:
+    result = run(*override, results=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert expected in lines[0]
+    assert "Loading weights" not in result.stdout + result.stderr  # failed before the model loaded
+    assert not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.slow
+def test_end_to_end_on_embedded_model(tmp_path: Path) -> None:
+    """dense, wanda, magnitude at 50% on the real model: exact sparsity, finite metrics, the
+    expected perplexity order, and a rerun that skips finished cells."""
+    overrides = ["-m", "pruner=dense,wanda,magnitude", "domain=legal", "eval=smoke",
+                 "calib.nsamples=4", "calib.seqlen=128"]
+    first = run(*overrides, results=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    records = {r["cell"]["pruner"]: r for r in (json.loads(p.read_text()) for p in tmp_path.glob("*.json"))}
+    assert set(records) == {"dense", "wanda", "magnitude"}
+    for name, record in records.items():
+        assert all(math.isfinite(v) for v in record["metrics"].values())
+        assert {"legal/multilegalpile/ppl", "general/wikitext2/ppl", "general/c4/ppl",
+                "general/c4/bpb"} <= set(record["metrics"])
+        target = 0.0 if name == "dense" else 0.5
+        per_matrix = record["sparsity"]["per_matrix"].values()
+        assert all(abs(s - target) < (1e-2 if name == "dense" else 1e-3) for s in per_matrix)
+        assert record["sparsity"]["target"] == target
+    assert records["wanda"]["sparsity"]["achieved"] == 0.5
+    assert 0.35 < records["wanda"]["sparsity"]["model"] < 0.5  # embeddings and norms are not pruned
+    for key in ("general/wikitext2/ppl", "legal/multilegalpile/ppl"):
+        ppl = {name: records[name]["metrics"][key] for name in records}
+        assert ppl["dense"] < ppl["wanda"] < ppl["magnitude"], (key, ppl)
+    again = run(*overrides, results=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("skip: cell") == 3
+    assert len(list(tmp_path.glob("*.json"))) == 3
