@@ -10,6 +10,7 @@ atomically, and only then log to W&B."""
 from __future__ import annotations
 
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -124,6 +125,17 @@ def build_pruner(pruner_cfg: DictConfig) -> Pruner:
         raise ConfigError(f"{target}: {err}") from err
 
 
+def save_pruned(model: Any, tokenizer: Any, folder: Path) -> Path:
+    """save_pretrained into a temp folder, then rename: a killed save leaves no half model."""
+    staging = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return folder
+
+
 def run_cell(cfg: DictConfig) -> Path | None:
     pruner = build_pruner(cfg.pruner)
     root = resolve_data_root(cfg.data.root)
@@ -164,6 +176,8 @@ def run_cell(cfg: DictConfig) -> Path | None:
                    "peak_cuda_mb": peak_memory_mb(device) if device.type == "cuda" else None},
         "versions": versions(), "git": git_revision(), "samples": evaluation.samples, "masks": None,
     }
+    if cfg.save_model:
+        record["saved_model"] = str(save_pruned(model, tokenizer, results_dir.parent / "models" / key))
     path = save_record(results_dir, record)
     log_record(record, cfg.logger, PROJECT_ROOT)
     shown = ", ".join(f"{k}={v:.3f}" for k, v in evaluation.metrics.items() if k.endswith("/ppl"))

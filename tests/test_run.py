@@ -73,3 +73,18 @@ def test_end_to_end_on_embedded_model(tmp_path: Path) -> None:
     again = run(*overrides, results=tmp_path)
     assert again.returncode == 0 and again.stdout.count("skip: cell") == 3
     assert len(list(tmp_path.glob("*.json"))) == 3
+
+
+def test_saved_pruned_model_reloads_with_identical_perplexity(tmp_path: Path) -> None:
+    tiny = ["model=tiny-llama", "eval=smoke", "calib.nsamples=2", "calib.seqlen=64", "driver.progress=false"]
+    pruned = run(*tiny, "pruner=wanda", "save_model=true", results=tmp_path / "runs")
+    assert pruned.returncode == 0, pruned.stderr[-3000:]
+    record = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
+    folder = Path(record["saved_model"])
+    assert (folder / "config.json").exists() and list(folder.glob("*.safetensors"))
+    reloaded = run("model=hub", f"model.name_or_path={folder}", "model.dtype=float32", "model.device=cpu",
+                   "pruner=dense", "eval=smoke", results=tmp_path / "again")
+    assert reloaded.returncode == 0, reloaded.stderr[-3000:]
+    again = json.loads(next((tmp_path / "again").glob("*.json")).read_text())
+    assert again["sparsity"]["achieved"] == record["sparsity"]["achieved"]
+    assert again["metrics"] == record["metrics"]
