@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from bench.records import finished, record_key, save_record  # noqa: E402
 from bench.tracking import log_record, resolve_mode  # noqa: E402
+from core.calibration import domain_windows, mixed_windows  # noqa: E402
 from core.data import data_path, general_calibration, resolve_data_root  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.models import check_model, load_model, resolve_device  # noqa: E402
@@ -52,27 +53,35 @@ from evals.suite import check_eval_inputs, evaluate  # noqa: E402
 from pruners import Calibration, Pruner  # noqa: E402
 from pruners.base import peak_memory_mb, sparsity_summary  # noqa: E402
 
+CALIB_SOURCES = ("general", "domain", "mixed")
 PACKAGES = ("torch", "transformers", "lm_eval", "hydra-core", "wandb", "datasets", "dpruner-bench")
 
 
 def cell_config(cfg: DictConfig, pruner: Pruner) -> dict[str, Any]:
     """The resolved config, normalised so that equivalent cells share one key: the dense model
-    has no sparsity or pattern, and data-free methods have no calibration."""
+    has no sparsity or pattern, data-free methods have no calibration, and methods that do not
+    take `calib.source` do not depend on it."""
     config = OmegaConf.to_container(cfg, resolve=True)
     if pruner.name == "dense":
         config["sparsity"], config["pattern"] = 0.0, "unstructured"
         config["pruner"].update(sparsity=0.0, pattern="unstructured")
     if not pruner.needs:
         config.pop("calib", None)
+    elif "ids" not in pruner.needs:  # D-Pruner reads only the calibration sizes
+        config["calib"] = {k: config["calib"][k] for k in ("nsamples", "seqlen")}
     return config
 
 
 def check_inputs(cfg: DictConfig, pruner: Pruner, root: Path) -> None:
     """All files and settings a cell needs, checked before any weights load."""
-    if "ids" in pruner.needs and cfg.calib.source not in ("general", "domain", "mixed"):
-        raise ConfigError(f"calib.source={cfg.calib.source!r}; choose general, domain or mixed")
-    if pruner.needs & {"ids", "general"}:
+    source = cfg.calib.source
+    if "ids" in pruner.needs and source not in CALIB_SOURCES:
+        raise ConfigError(f"calib.source={source!r}; choose one of {', '.join(CALIB_SOURCES)}")
+    if "general" in pruner.needs or ("ids" in pruner.needs and source != "domain"):
         data_path(root, cfg.data.general.calib.path)
+    if "domain" in pruner.needs or ("ids" in pruner.needs and source != "general"):
+        for spec in (cfg.domain.get("calib") or {}).get("sources", {}).values():
+            data_path(root, spec.path)
     check_eval_inputs(cfg.domain, cfg.data.general, root)
     if cfg.logger.name == "wandb":
         resolve_mode(cfg.logger.mode)
@@ -80,16 +89,26 @@ def check_inputs(cfg: DictConfig, pruner: Pruner, root: Path) -> None:
 
 
 def calibration_for(pruner: Pruner, cfg: DictConfig, tokenizer: Any, root: Path) -> Calibration:
-    """The token windows the method asked for (`needs`), seeded."""
+    """The token windows the method asked for (`needs`), seeded: `ids` from `calib.source`
+    (general C4, the domain's calibration texts, or a mix), or D-Pruner's general and domain sets."""
     n, seqlen, seed = int(cfg.calib.nsamples), int(cfg.calib.seqlen), int(cfg.seed)
+    source = cfg.calib.source
+    wants_general = "general" in pruner.needs or ("ids" in pruner.needs and source != "domain")
+    wants_domain = "ids" in pruner.needs and source != "general"
+    general = general_calibration(tokenizer, cfg.data.general.calib, root, n, seqlen, seed) \
+        if wants_general else None
+    domain = domain_windows(tokenizer, cfg.domain.calib, root, n, seqlen, seed) if wants_domain else None
     calibration = Calibration()
-    if not pruner.needs:
-        return calibration
-    general = general_calibration(tokenizer, cfg.data.general.calib, root, n, seqlen, seed)
     if "ids" in pruner.needs:
-        if cfg.calib.source != "general":
-            raise ConfigError(f"calib={cfg.calib.source} needs the domain calibration sets")
-        calibration.ids = general
+        calibration.ids = {"general": general, "domain": domain}.get(source)
+        if source == "mixed":
+            calibration.ids = mixed_windows(general, domain, float(cfg.calib.mix))
+    if "general" in pruner.needs:
+        calibration.general = general
+    if "domain" in pruner.needs:
+        sizes = cfg.pruner.get("domain_calib") or cfg.calib
+        calibration.domain = domain_windows(tokenizer, cfg.domain.calib, root, int(sizes.nsamples),
+                                            int(sizes.seqlen), seed)
     return calibration
 
 
@@ -165,7 +184,7 @@ def run_cell(cfg: DictConfig) -> Path | None:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "cell": {"model": cfg.model.name, "pruner": pruner.name, "domain": cfg.domain.name,
                  "sparsity": config["sparsity"], "pattern": config["pattern"],
-                 "calib": cfg.calib.source if pruner.needs else None, "seed": int(cfg.seed),
+                 "calib": cfg.calib.source if "ids" in pruner.needs else None, "seed": int(cfg.seed),
                  "eval": cfg.eval.name},
         "config": config,
         "metrics": evaluation.metrics,
