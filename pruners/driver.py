@@ -60,15 +60,19 @@ class LayerCall:
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _move(obj: Any, device: torch.device) -> Any:
+def _move(obj: Any, device: torch.device, memo: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """Tensors inside nested containers moved to `device`; a tensor shared by several layer calls
+    (position embeddings, masks) is moved once and stays shared."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device)
+        if id(obj) not in memo:
+            memo[id(obj)] = (obj, obj.to(device))  # keeping obj alive keeps its id unique
+        return memo[id(obj)][1]
     if isinstance(obj, tuple):
-        return tuple(_move(o, device) for o in obj)
+        return tuple(_move(o, device, memo) for o in obj)
     if isinstance(obj, list):
-        return [_move(o, device) for o in obj]
+        return [_move(o, device, memo) for o in obj]
     if isinstance(obj, dict):
-        return {k: _move(v, device) for k, v in obj.items()}
+        return {k: _move(v, device, memo) for k, v in obj.items()}
     return obj
 
 
@@ -90,6 +94,7 @@ def capture(model: nn.Module, ids: torch.Tensor, batch_size: int,
     signatures = [inspect.signature(layer.forward) for layer in layers]
     inputs: list[torch.Tensor] = []
     calls: list[list[LayerCall]] = [[] for _ in layers]
+    memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def recorder(index: int) -> Callable[..., Any]:
         signature = signatures[index]
@@ -102,7 +107,8 @@ def capture(model: nn.Module, ids: torch.Tensor, batch_size: int,
                 hidden = kwargs.pop(name)
             if index == 0:
                 inputs.append(hidden.to(device))
-            calls[index].append(LayerCall(signature, _move(args, device), _move(kwargs, device), name))
+            moved_args, moved_kwargs = _move(args, device, memo), _move(kwargs, device, memo)
+            calls[index].append(LayerCall(signature, moved_args, moved_kwargs, name))
             return hidden
 
         return record

@@ -106,3 +106,10 @@ def test_offload_gives_the_same_result(make_tiny, calib_ids) -> None:
     build("wanda", sparsity=0.5, driver=driver).prune(model, Calibration(ids=calib_ids), CPU)
     reference = masks_after("wanda", "pruned", make_tiny, calib_ids)
     assert all(torch.equal(w.weight, reference[k]) for k, w in model_linears(model).items())
+
+
+def test_captured_arguments_are_shared_not_copied_per_layer(make_tiny, calib_ids) -> None:
+    """Position embeddings are recorded once per batch, not once per layer (memory)."""
+    _, calls = capture(make_tiny("llama"), calib_ids, batch_size=3, device=CPU)
+    first, second = calls[0][0].kwargs, calls[1][0].kwargs
+    assert first["position_embeddings"][0] is second["position_embeddings"][0]
