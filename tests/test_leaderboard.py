@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import os
 from pathlib import Path
 
 import matplotlib.image
@@ -139,6 +141,27 @@ def test_corrupt_record_is_reported_and_skipped(results: Path, capsys: pytest.Ca
     assert (results / "corrupt.json").exists()  # reported, never removed or overwritten
     assert "corrupt" not in (out / "legal.csv").read_text(encoding="utf-8")
     assert len((out / "legal.csv").read_text(encoding="utf-8").splitlines()) == 10
+
+
+def test_wandb_table_and_images_offline(results: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc: no credentials
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb_dir = tmp_path / "wandb"
+    assert leaderboard.main([str(results), "--out", str(tmp_path / "board"), "--wandb",
+                             "--wandb-dir", str(wandb_dir)]) == 0
+    (run,) = (wandb_dir / "wandb").glob("offline-run-*")
+    media = run / "files" / "media"
+    tables = {p.name.split("_")[0]: p for p in (media / "table" / "leaderboard").glob("*.table.json")}
+    assert set(tables) == {"legal", "healthcare"}
+    table = json.loads(tables["legal"].read_text(encoding="utf-8"))
+    rows = [dict(zip(table["columns"], r, strict=True)) for r in table["data"]]
+    row = next(r for r in rows if r["key"] == "wanda60")
+    assert row["legal/multilegalpile/ppl"] == 25.0 and row["legal/casehold/macro_f1"] is None
+    plotted = {p.name.rsplit("_", 2)[0] for p in (media / "images" / "plots").glob("*.png")}
+    assert plotted == {p.stem for p in (tmp_path / "board").glob("*.png")}
 
 
 def test_no_records_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
