@@ -9,7 +9,11 @@ keep the weights that matter both for general ability and for the target domain.
    gradient is consumed in a post-accumulate hook and freed at once (the memory of one matrix's
    gradient, never the model's); optionally the weights follow SGD steps w <- w - lr * g'.
 3. Mask: keep the top (1 - sparsity) of I (of G for `general_only`) per matrix, per 128-column
-   block or per N:M group, applied to the original dense weights."""
+   block or per N:M group, applied to the original dense weights.
+
+Memory: the model, I (fp32) and, while the regulariser needs it, G (fp32). With `offload: disk`
+G and the dense copy live in files read one matrix at a time; otherwise G sits with I (`device`,
+or the CPU with `buffers_on_cpu`) and the dense copy on the CPU."""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -54,6 +58,7 @@ from pruners.dpruner_math import (
 from pruners.driver import batches, run_layerwise
 from pruners.masks import select_mask
 from pruners.stats import Hessian
+from pruners.tensorfile import TensorFile
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,10 @@ IMPORTANCE = ("dual", "general_only", "domain_only")
 REGULARIZERS = ("paper", "anchor")
 REGULARIZER_GRADS = ("fisher", "exact", "none")
 CLIPS = ("lagged", "two_pass")
-CACHE_VERSION = b"dpruner-general-v1"
+OFFLOADS = ("none", "disk")
+CACHE_VERSION = b"dpruner-general-v2"
+
+Tensors = Mapping[str, torch.Tensor]  # a dict in memory or a TensorFile on disk
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -70,15 +78,16 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-# --- general importance: a driver plug-in and its on-disk cache --------------------------------
+# --- general importance: a driver plug-in and its cache key ------------------------------------
 
 class _GeneralPass:
-    """Driver method that turns each matrix's Hessian into G and leaves the weight unchanged."""
+    """Driver method that turns each matrix's Hessian into G (into a dict or a file) and leaves
+    the weight unchanged."""
 
-    def __init__(self, percdamp: float, store: torch.device) -> None:
+    def __init__(self, percdamp: float, sink: dict | TensorFile, device: torch.device) -> None:
         self.percdamp = percdamp
-        self.store = store
-        self.G: dict[str, torch.Tensor] = {}
+        self.sink = sink
+        self.device = device
         self.notes: dict[str, dict] = {}
 
     def make_stats(self, columns: int, device: torch.device) -> Hessian:
@@ -86,7 +95,10 @@ class _GeneralPass:
 
     def prune_matrix(self, name: str, weight: torch.Tensor, stats: Hessian) -> tuple[None, dict]:
         G, notes = general_importance(weight, stats.matrix(), self.percdamp)
-        self.G[name] = G.to(self.store)
+        if isinstance(self.sink, TensorFile):
+            self.sink.put(name, G)
+        else:
+            self.sink[name] = G.to(self.device)
         self.notes[name] = notes
         return None, notes
 
@@ -110,26 +122,13 @@ def general_cache_key(model: nn.Module, ids: torch.Tensor, percdamp: float) -> s
     return digest.hexdigest()[:24]
 
 
-def _save_atomically(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staged = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, staged)
-        os.replace(staged, path)
-    finally:
-        if os.path.exists(staged):
-            os.remove(staged)
-
-
-# --- domain importance: per-matrix buffers and the step state the hooks read --------------------
+# --- domain importance ---------------------------------------------------------------------------
 
 @dataclass
 class _Matrix:
+    name: str
     param: nn.Parameter
-    importance: torch.Tensor  # fp32 sum of |-g'w + (g'w)^2 / 2| over batches
-    G: torch.Tensor | None  # G (paper form) or G normalised to mean 1 (anchor form)
-    dense: torch.Tensor | None  # original weights (CPU), kept when the weights move
+    importance: torch.Tensor  # fp32 sum over batches of |-g'w + (g'w)^2 / 2|
     grad_sum: torch.Tensor  # sum over batches of mean |g|
     reg_sum: torch.Tensor  # sum over batches of mean |regulariser gradient|
 
@@ -151,17 +150,17 @@ def _lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 @contextmanager
 def _backprop_mode(model: nn.Module, params: list[nn.Parameter], checkpointing: bool,
                    eager: bool) -> Iterator[None]:
-    """Gradients for `params` only, dropout off, activation checkpointing on (HF runs it only
-    in layers flagged as training, so just the decoder blocks get that flag), eager attention
-    when double backward is needed; everything restored afterwards, no .grad left behind."""
+    """Gradients for `params` only, dropout off, activation checkpointing on (HF runs it only in
+    layers flagged as training, so only the decoder blocks get that flag, not their children),
+    eager attention when double backward is needed; all restored afterwards, no .grad left."""
     requires = {p: p.requires_grad for p in model.parameters()}
     training = {m: m.training for m in model.modules()}
     had_input_hook = hasattr(model, "_require_grads_hook")
     enable_ckpt = (checkpointing and hasattr(model, "activation_checkpointing_enable")
                    and getattr(model, "supports_gradient_checkpointing", False)
                    and not getattr(model, "is_activation_checkpointing", False))
-    config = getattr(model, "config", None)
-    attention = getattr(config, "_attn_implementation", None)
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    switch_attention = eager and attention not in (None, "eager")
     try:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -172,11 +171,11 @@ def _backprop_mode(model: nn.Module, params: list[nn.Parameter], checkpointing: 
             model.activation_checkpointing_enable({"use_reentrant": False})
         for layer in decoder_layers(model):
             layer.training = bool(getattr(layer, "gradient_checkpointing", False))
-        if eager and attention not in (None, "eager"):
+        if switch_attention:
             model.set_attn_implementation("eager")
         yield
     finally:
-        if eager and attention not in (None, "eager"):
+        if switch_attention:
             model.set_attn_implementation(attention)
         if enable_ckpt:
             model.activation_checkpointing_disable()
@@ -189,6 +188,109 @@ def _backprop_mode(model: nn.Module, params: list[nn.Parameter], checkpointing: 
             p.grad = None
 
 
+class _DomainPass:
+    """The backward passes over the domain windows: hooks, refined gradient, SGD trajectory."""
+
+    def __init__(self, pruner: DPruner, model: nn.Module, G: Tensors, dense: Tensors | None,
+                 device: torch.device, store: torch.device) -> None:
+        self.p, self.model = pruner, model
+        self.G, self.dense, self.device = G, dense, device
+        self.exact = (pruner.regularized and pruner.regularizer == "paper"
+                      and pruner.regularizer_grad == "exact")
+        self.state = _Step()
+        self.matrices = [
+            _Matrix(name, linear.weight,
+                    torch.zeros(linear.weight.shape, dtype=torch.float32, device=store),
+                    torch.zeros((), device=device), torch.zeros((), device=device))
+            for name, linear in model_linears(model).items()]
+
+    def run(self, ids: torch.Tensor) -> None:
+        """One backward per batch (two with `clip: two_pass`); frozen weights take one epoch,
+        since more would only repeat the same gradients."""
+        p, state = self.p, self.state
+        chunks = batches(ids, p.batch_size)
+        total = p.steps(ids)
+        warmup = round(p.warmup_ratio * total)
+        params = [m.param for m in self.matrices]
+        previous_norm = None
+        with ExitStack() as stack:
+            checkpointing = p.gradient_checkpointing and not self.exact
+            stack.enter_context(_backprop_mode(self.model, params, checkpointing, eager=self.exact))
+            if not self.exact:
+                for m in self.matrices:
+                    stack.callback(m.param.register_post_accumulate_grad_hook(partial(self._hook, m)).remove)
+            bar = tqdm(range(total), desc="dpruner domain", unit="batch", disable=not p.driver.progress)
+            for step in bar:
+                batch = chunks[step % len(chunks)].to(self.device)
+                state.lr = scheduled_lr(step, total, warmup, p.lr) if p.update_weights else 0.0
+                state.sqnorm, state.score = 0.0, True
+                if self.exact:
+                    self._exact_step(batch)
+                    continue
+                two_pass = p.clip == "two_pass" and p.max_grad_norm is not None
+                state.update = p.update_weights and not two_pass
+                state.coef = clip_coefficient(previous_norm, p.max_grad_norm)
+                _lm_loss(self.model, batch).backward()
+                previous_norm = math.sqrt(state.sqnorm)
+                if p.update_weights and two_pass:  # recompute the same gradients, now clipped
+                    state.score, state.update = False, True
+                    state.coef = clip_coefficient(previous_norm, p.max_grad_norm)
+                    _lm_loss(self.model, batch).backward()
+
+    def _hook(self, m: _Matrix, param: torch.Tensor) -> None:
+        """Post-accumulate hook: consume this parameter's gradient, then free it."""
+        grad = param.grad.float()
+        param.grad = None
+        self._consume(m, grad, self._regularizer_grad(m, grad))
+
+    def _regularizer_grad(self, m: _Matrix, grad: torch.Tensor) -> torch.Tensor | None:
+        p = self.p
+        if not p.regularized:
+            return None
+        G = self.G[m.name].to(grad.device)
+        if p.regularizer == "anchor":
+            dense = self.dense[m.name].to(grad.device)
+            return anchor_regularizer_grad(m.param.detach(), dense, normalized(G), p.lambda_)
+        return fisher_regularizer_grad(grad, G, p.lambda_, p.lr)
+
+    @torch.no_grad()
+    def _consume(self, m: _Matrix, grad: torch.Tensor, reg: torch.Tensor | None) -> None:
+        state = self.state
+        refined = grad if reg is None else grad + reg
+        if state.score:
+            m.importance += taylor_importance(refined, m.param.detach()).to(m.importance.device)
+            m.grad_sum += grad.abs().mean()
+            if reg is not None:
+                m.reg_sum += reg.abs().mean()
+            if self.p.update_weights:
+                state.sqnorm += float(refined.pow(2).sum())
+        step = state.lr * state.coef
+        if state.update and step > 0:
+            m.param.add_(refined.to(m.param.dtype), alpha=-step)
+
+    def _exact_step(self, batch: torch.Tensor) -> None:
+        """Regulariser gradient 2 lambda alpha^2 H (G * g) by double backward (small models): all
+        gradients are alive at once, so the clip uses this step's own norm."""
+        params = [m.param for m in self.matrices]
+        grads = torch.autograd.grad(_lm_loss(self.model, batch), params, create_graph=True)
+        Gs = [self.G[m.name].to(g.device) for m, g in zip(self.matrices, grads, strict=True)]
+        regs = exact_regularizer_grads(grads, params, Gs, self.p.lambda_, self.p.lr)
+        grads = [g.detach().float() for g in grads]
+        norm = math.sqrt(sum(float((g + r).pow(2).sum()) for g, r in zip(grads, regs, strict=True)))
+        self.state.update = self.p.update_weights
+        self.state.coef = clip_coefficient(norm, self.p.max_grad_norm)
+        for m, g, r in zip(self.matrices, grads, regs, strict=True):
+            self._consume(m, g, r)
+
+    def notes(self, steps: int) -> dict[str, dict]:
+        """Per matrix: regulariser size relative to the gradient (mean |reg| / mean |g|)."""
+        notes = {}
+        for m in self.matrices:
+            grad, reg = float(m.grad_sum), float(m.reg_sum)
+            notes[m.name] = {"reg_ratio": reg / grad if grad > 0 else 0.0, "grad_abs_mean": grad / steps}
+        return notes
+
+
 @register("dpruner")
 class DPruner(Pruner):
     needs = frozenset({"general", "domain"})
@@ -199,13 +301,15 @@ class DPruner(Pruner):
                  update_weights: bool = True, epochs: int = 1, batch_size: int = 4,
                  warmup_ratio: float = 0.1, max_grad_norm: float | None = 1.0, clip: str = "lagged",
                  blocking: bool = False, block_size: int = 128, percdamp: float = 0.01,
-                 gradient_checkpointing: bool = True, buffers_on_cpu: bool = False,
-                 cache_dir: str | None = None, domain_calib: Mapping[str, Any] | None = None) -> None:
+                 gradient_checkpointing: bool = True, buffers_on_cpu: bool = False, offload: str = "none",
+                 offload_dir: str | None = None, cache_dir: str | None = None,
+                 domain_calib: Mapping[str, Any] | None = None) -> None:
         super().__init__(sparsity, pattern, driver)
         self.importance = _choice("importance", importance, IMPORTANCE)
         self.regularizer = _choice("regularizer", regularizer, REGULARIZERS)
         self.regularizer_grad = _choice("regularizer_grad", regularizer_grad, REGULARIZER_GRADS)
         self.clip = _choice("clip", clip, CLIPS)
+        self.offload = _choice("offload", offload, OFFLOADS)
         self.lambda_, self.lr = float(lambda_), float(lr)
         if self.lambda_ < 0 or not self.lr > 0:
             raise ConfigError(f"pruner.lambda_={lambda_!r} must be >= 0 and pruner.lr={lr!r} > 0")
@@ -224,11 +328,13 @@ class DPruner(Pruner):
         self.percdamp = float(percdamp)
         self.update_weights, self.blocking = bool(update_weights), bool(blocking)
         self.gradient_checkpointing, self.buffers_on_cpu = bool(gradient_checkpointing), bool(buffers_on_cpu)
+        self.offload_dir = Path(os.path.expanduser(str(offload_dir))) if offload_dir else None
         self.cache_dir = Path(os.path.expanduser(str(cache_dir))) if cache_dir else None
         self.domain_calib = dict(domain_calib or {})
         for key in ("nsamples", "seqlen"):
             if key in self.domain_calib and int(self.domain_calib[key]) < 1:
                 raise ConfigError(f"pruner.domain_calib.{key}={self.domain_calib[key]!r} must be >= 1")
+        self.stage_seconds: dict[str, float] = {}  # wall time of the last prune, per stage
 
     @property
     def regularized(self) -> bool:
@@ -239,27 +345,41 @@ class DPruner(Pruner):
     def needs_general(self) -> bool:
         return self.importance == "general_only" or self.regularized
 
+    def steps(self, ids: torch.Tensor) -> int:
+        per_epoch = math.ceil(ids.shape[0] / self.batch_size)
+        return per_epoch * (self.epochs if self.update_weights else 1)
+
     # --- the three stages ------------------------------------------------------------------------
 
     def prune(self, model: nn.Module, calibration: Calibration,
               device: torch.device) -> list[MatrixReport]:
+        if calibration.general is None and self.needs_general:
+            raise ConfigError("D-Pruner needs general calibration windows (calibration.general)")
+        if calibration.domain is None and self.importance != "general_only":
+            raise ConfigError("D-Pruner needs domain calibration windows (calibration.domain)")
         store = torch.device("cpu") if self.buffers_on_cpu else device
-        G, general_notes = {}, {}
-        if self.needs_general:
-            if calibration.general is None:
-                raise ConfigError("D-Pruner needs general calibration windows (calibration.general)")
-            G, general_notes = self.general_importance(model, calibration.general, device, store)
-        dense, domain_notes = None, {}
-        if self.importance == "general_only":
-            scores = G
-        else:
-            if calibration.domain is None:
-                raise ConfigError("D-Pruner needs domain calibration windows (calibration.domain)")
-            if self.update_weights:
-                dense = {n: m.weight.detach().to("cpu", copy=True) for n, m in model_linears(model).items()}
-            scores, domain_notes = self.domain_importance(model, calibration.domain, G, dense, device, store)
-            del G
-        reports = self.apply_masks(model, scores, dense)
+        clock = time.perf_counter()
+        with ExitStack() as stack:
+            scratch = None
+            if self.offload == "disk":
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                    prefix="dpruner-", dir=self.offload_dir)))
+            G, general_notes = {}, {}
+            if self.needs_general:
+                G, general_notes = self.general_importance(model, calibration.general, device, store, scratch)
+            self.stage_seconds = {"general": time.perf_counter() - clock}
+            dense, domain_notes = None, {}
+            if self.importance == "general_only":
+                scores = G
+            else:
+                if self.update_weights:
+                    dense = self._dense_copy(model, scratch)
+                scores, domain_notes = self.domain_importance(model, calibration.domain, G, dense,
+                                                              device, store)
+                del G
+            self.stage_seconds["domain"] = time.perf_counter() - clock - self.stage_seconds["general"]
+            reports = self.apply_masks(model, scores, dense)
+        self.stage_seconds["mask"] = time.perf_counter() - clock - sum(self.stage_seconds.values())
         for report in reports:
             report.notes.update(general_notes.get(report.name, {}))
             report.notes.update(domain_notes.get(report.name, {}))
@@ -268,55 +388,43 @@ class DPruner(Pruner):
         return reports
 
     def general_importance(self, model: nn.Module, ids: torch.Tensor, device: torch.device,
-                           store: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-        """G for every pruned matrix, read from the cache when this model and calibration set
-        were seen before."""
+                           store: torch.device,
+                           scratch: Path | None = None) -> tuple[Tensors, dict[str, dict]]:
+        """G for every pruned matrix: from the cache when this model and calibration set were
+        seen before; a file read on demand when `scratch` (offload to disk) is given."""
         path = None
         if self.cache_dir is not None:
-            path = self.cache_dir / f"general_{general_cache_key(model, ids, self.percdamp)}.pt"
-            if path.exists():
+            path = self.cache_dir / f"general_{general_cache_key(model, ids, self.percdamp)}.bin"
+            cached = TensorFile.open(path, store)
+            if cached is not None:
                 log.info("D-Pruner general importance from cache %s", path)
-                payload = torch.load(path, map_location=store, weights_only=True)
-                return payload["G"], payload["notes"]
-        method = _GeneralPass(self.percdamp, store)
-        settings = dataclasses.replace(self.driver, propagate="dense")
-        run_layerwise(model, ids, method, settings, device, label="dpruner general")
+                G = cached if scratch is not None else {name: cached[name] for name in cached}
+                return G, cached.notes
+        target = path or (scratch / "general.bin" if scratch is not None else None)
+        sink = TensorFile.create(target, store) if target is not None else {}
+        method = _GeneralPass(self.percdamp, sink, store)
+        run_layerwise(model, ids, method, dataclasses.replace(self.driver, propagate="dense"), device,
+                      label="dpruner general")
+        if isinstance(sink, dict):
+            return sink, method.notes
+        stored = sink.finish(method.notes)
         if path is not None:
-            _save_atomically({"G": method.G, "notes": method.notes}, path)
             log.info("D-Pruner general importance cached at %s", path)
-        return method.G, method.notes
+        return (stored if scratch is not None else {name: stored[name] for name in stored}), method.notes
 
-    def domain_importance(self, model: nn.Module, ids: torch.Tensor, G: dict[str, torch.Tensor],
-                          dense: dict[str, torch.Tensor] | None, device: torch.device,
-                          store: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    def domain_importance(self, model: nn.Module, ids: torch.Tensor, G: Tensors, dense: Tensors | None,
+                          device: torch.device, store: torch.device) -> tuple[dict[str, torch.Tensor], dict]:
         """I for every pruned matrix from back-propagation over the domain windows."""
         model.to(device)
-        matrices = {}
-        for name, linear in model_linears(model).items():
-            regularizer = None
-            if self.regularized:
-                regularizer = normalized(G[name]) if self.regularizer == "anchor" else G[name]
-            matrices[name] = _Matrix(
-                param=linear.weight,
-                importance=torch.zeros(linear.weight.shape, dtype=torch.float32, device=store),
-                G=regularizer, dense=None if dense is None else dense[name],
-                grad_sum=torch.zeros((), device=device), reg_sum=torch.zeros((), device=device))
-        exact = self.regularized and self.regularizer == "paper" and self.regularizer_grad == "exact"
-        params = [m.param for m in matrices.values()]
-        with _backprop_mode(model, params, self.gradient_checkpointing and not exact, eager=exact):
-            self._trajectory(model, ids, matrices, exact, device)
-        notes = {}
-        for name, m in matrices.items():
-            grad, reg = float(m.grad_sum), float(m.reg_sum)
-            notes[name] = {"reg_ratio": reg / grad if grad > 0 else 0.0,
-                           "grad_abs_mean": grad / self._steps(ids)}
+        domain = _DomainPass(self, model, G, dense, device, store)
+        domain.run(ids)
+        notes = domain.notes(self.steps(ids))
         ratios = [n["reg_ratio"] for n in notes.values()]
         log.info("D-Pruner regulariser / gradient (mean over matrices): %.3g", sum(ratios) / len(ratios))
-        return {name: m.importance for name, m in matrices.items()}, notes
+        return {m.name: m.importance for m in domain.matrices}, notes
 
     @torch.no_grad()
-    def apply_masks(self, model: nn.Module, scores: dict[str, torch.Tensor],
-                    dense: dict[str, torch.Tensor] | None) -> list[MatrixReport]:
+    def apply_masks(self, model: nn.Module, scores: Tensors, dense: Tensors | None) -> list[MatrixReport]:
         """Keep the top (1 - sparsity) of each score matrix; kept weights are the original ones."""
         group = "block" if self.blocking else "matrix"
         reports = []
@@ -332,86 +440,13 @@ class DPruner(Pruner):
                 time.perf_counter() - start, peak_memory_mb(weight.device)))
         return reports
 
-    # --- the backward passes -----------------------------------------------------------------
-
-    def _steps(self, ids: torch.Tensor) -> int:
-        per_epoch = math.ceil(ids.shape[0] / self.batch_size)
-        return per_epoch * (self.epochs if self.update_weights else 1)
-
-    def _trajectory(self, model: nn.Module, ids: torch.Tensor, matrices: dict[str, _Matrix],
-                    exact: bool, device: torch.device) -> None:
-        """One backward per batch (two with `clip: two_pass`); frozen weights take one epoch,
-        since more would only repeat the same gradients."""
-        chunks = batches(ids, self.batch_size)
-        total = self._steps(ids)
-        warmup = round(self.warmup_ratio * total)
-        state = _Step()
-        handles = [] if exact else [
-            m.param.register_post_accumulate_grad_hook(partial(self._hook, m, state))
-            for m in matrices.values()]
-        previous_norm = None
-        try:
-            for step in tqdm(range(total), desc="dpruner domain", unit="batch",
-                             disable=not self.driver.progress):
-                batch = chunks[step % len(chunks)].to(device)
-                state.lr = scheduled_lr(step, total, warmup, self.lr) if self.update_weights else 0.0
-                state.sqnorm, state.score = 0.0, True
-                if exact:
-                    self._exact_step(model, batch, matrices, state)
-                    continue
-                two_pass = self.clip == "two_pass" and self.max_grad_norm is not None
-                state.update = self.update_weights and not two_pass
-                state.coef = clip_coefficient(previous_norm, self.max_grad_norm)
-                _lm_loss(model, batch).backward()
-                previous_norm = math.sqrt(state.sqnorm)
-                if self.update_weights and two_pass:  # recompute the same gradients, now clipped
-                    state.score, state.update = False, True
-                    state.coef = clip_coefficient(previous_norm, self.max_grad_norm)
-                    _lm_loss(model, batch).backward()
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def _hook(self, m: _Matrix, state: _Step, param: torch.Tensor) -> None:
-        """Post-accumulate hook: consume this parameter's gradient, then free it."""
-        grad = param.grad.float()
-        param.grad = None
-        self._consume(m, state, grad, self._regularizer_grad(m, grad))
-
-    def _regularizer_grad(self, m: _Matrix, grad: torch.Tensor) -> torch.Tensor | None:
-        if not self.regularized:
-            return None
-        G = m.G.to(grad.device)
-        if self.regularizer == "anchor":
-            return anchor_regularizer_grad(m.param.detach(), m.dense.to(grad.device), G, self.lambda_)
-        return fisher_regularizer_grad(grad, G, self.lambda_, self.lr)
-
-    @torch.no_grad()
-    def _consume(self, m: _Matrix, state: _Step, grad: torch.Tensor, reg: torch.Tensor | None) -> None:
-        refined = grad if reg is None else grad + reg
-        if state.score:
-            m.importance += taylor_importance(refined, m.param.detach()).to(m.importance.device)
-            m.grad_sum += grad.abs().mean()
-            if reg is not None:
-                m.reg_sum += reg.abs().mean()
-            if self.update_weights:
-                state.sqnorm += float(refined.pow(2).sum())
-        step = state.lr * state.coef
-        if state.update and step > 0:
-            m.param.add_(refined.to(m.param.dtype), alpha=-step)
-
-    def _exact_step(self, model: nn.Module, batch: torch.Tensor, matrices: dict[str, _Matrix],
-                    state: _Step) -> None:
-        """Regulariser gradient 2 lambda alpha^2 H (G * g) by double backward (small models): all
-        gradients are alive at once, so the clip uses this step's own norm."""
-        items = list(matrices.values())
-        params = [m.param for m in items]
-        grads = torch.autograd.grad(_lm_loss(model, batch), params, create_graph=True)
-        Gs = [m.G.to(g.device) for m, g in zip(items, grads, strict=True)]
-        regs = exact_regularizer_grads(grads, params, Gs, self.lambda_, self.lr)
-        grads = [g.detach().float() for g in grads]
-        norm = math.sqrt(sum(float((g + r).pow(2).sum()) for g, r in zip(grads, regs, strict=True)))
-        state.update = self.update_weights
-        state.coef = clip_coefficient(norm, self.max_grad_norm)
-        for m, g, r in zip(items, grads, regs, strict=True):
-            self._consume(m, state, g, r)
+    @staticmethod
+    def _dense_copy(model: nn.Module, scratch: Path | None) -> Tensors:
+        """The original weights, restored after the trajectory (CPU memory, or a scratch file)."""
+        linears = model_linears(model)
+        if scratch is None:
+            return {name: linear.weight.detach().to("cpu", copy=True) for name, linear in linears.items()}
+        copy = TensorFile.create(scratch / "dense.bin")
+        for name, linear in linears.items():
+            copy.put(name, linear.weight)
+        return copy.finish()

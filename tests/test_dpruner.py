@@ -20,6 +20,7 @@ from pruners.base import Calibration, decoder_layers, model_linears
 from pruners.dpruner import DPruner, general_cache_key
 from pruners.dpruner_math import exact_regularizer_grads, fisher_regularizer_grad, taylor_importance
 from pruners.masks import select_mask
+from pruners.tensorfile import TensorFile
 
 CPU = torch.device("cpu")
 QUIET = {"progress": False}
@@ -234,13 +235,36 @@ def test_general_importance_is_cached(tiny, tmp_path: Path):
     model = fresh(tiny)
     pruner = DPruner(driver=QUIET, cache_dir=str(tmp_path))
     first, _ = pruner.general_importance(model, tiny[1]["general"], CPU, CPU)
-    files = list(tmp_path.glob("general_*.pt"))
+    files = list(tmp_path.glob("general_*.bin"))
     assert len(files) == 1
     second, _ = pruner.general_importance(model, tiny[1]["general"], CPU, CPU)
     assert all(torch.equal(first[n], second[n]) for n in first)
     other = general_cache_key(model, tiny[1]["general"][:4], 0.01)
     assert other != general_cache_key(model, tiny[1]["general"], 0.01)
     assert general_cache_key(fresh(tiny), tiny[1]["general"], 0.01) == files[0].stem.split("_")[1]
+
+
+@pytest.mark.parametrize("options", [{"lambda_": 1e12}, {"regularizer": "anchor", "lambda_": 10.0}])
+def test_disk_offload_gives_the_same_masks(tiny, tmp_path: Path, options):
+    memory = masks_of(prune(tiny, **options)[0])
+    for _ in range(2):  # computes G into the cache, then reads it from there
+        disk = masks_of(prune(tiny, offload="disk", offload_dir=str(tmp_path), cache_dir=str(tmp_path / "c"),
+                              **options)[0])
+        assert all(torch.equal(memory[n], disk[n]) for n in memory)
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]  # scratch files are gone
+
+
+def test_tensorfile_roundtrip(tmp_path: Path):
+    tensors = {"a": torch.randn(3, 5), "b": torch.randn(4, 2).to(torch.bfloat16), "c": torch.arange(6.0)}
+    store = TensorFile.create(tmp_path / "t.bin")
+    for name, tensor in tensors.items():
+        store.put(name, tensor)
+    store.finish({"note": 1})
+    assert TensorFile.open(tmp_path / "missing.bin") is None
+    again = TensorFile.open(tmp_path / "t.bin")
+    assert again.notes == {"note": 1} and list(again) == list(tensors)
+    assert all(torch.equal(again[n], t) and again[n].dtype == t.dtype for n, t in tensors.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.bin", "t.bin.json"]
 
 
 @pytest.mark.parametrize("family", ["qwen2", "gemma3_text", "opt"])
