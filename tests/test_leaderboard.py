@@ -205,7 +205,7 @@ def test_masks_round_trip_and_jaccard(make_tiny, tmp_path: Path) -> None:
         jaccard(a, b[:, :2])
 
 
-def test_mask_similarity_plot(make_tiny, tmp_path: Path) -> None:
+def test_mask_similarity_plot(make_tiny, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     folder = tmp_path / "runs"
     cells = [("wanda", "legal"), ("wanda", "healthcare"), ("magnitude", "legal")]
     for i, (pruner, domain) in enumerate(cells):
@@ -217,8 +217,11 @@ def test_mask_similarity_plot(make_tiny, tmp_path: Path) -> None:
         metric = f"{domain}/x/ppl"
         save_record(folder, make_record(f"c{i}", pruner, domain, 0.5, {metric: 10.0 + i},
                                         masks=f"masks/c{i}.npz"))
+    save_record(folder, make_record("gone", "sparsegpt", "legal", 0.5, {"legal/x/ppl": 9.0},
+                                    masks="masks/gone.npz"))  # e.g. records copied without masks
     out = tmp_path / "board"
     assert leaderboard.main([str(folder), "--out", str(out)]) == 0
+    assert "1 record(s) name a mask file that is not there" in capsys.readouterr().err
     (heatmap,) = out.glob("masks-*.png")
     assert heatmap.name == "masks-tiny-smoke-s0.5-unstructured.png"
     assert heatmap.read_bytes()[:8] == PNG_SIGNATURE
