@@ -41,8 +41,11 @@ check_group_choices(sys.argv)
 
 import hydra  # noqa: E402  (after the cheap argument check)
 import torch  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from bench.masks import save_masks  # noqa: E402
 from bench.records import finished, record_key, save_record  # noqa: E402
 from bench.tracking import log_record, resolve_mode  # noqa: E402
 from core.calibration import domain_windows, mixed_windows  # noqa: E402
@@ -195,6 +198,9 @@ def run_cell(cfg: DictConfig) -> Path | None:
                    "peak_cuda_mb": peak_memory_mb(device) if device.type == "cuda" else None},
         "versions": versions(), "git": git_revision(), "samples": evaluation.samples, "masks": None,
     }
+    if cfg.save_masks:
+        save_masks(model, results_dir / "masks" / f"{key}.npz")
+        record["masks"] = f"masks/{key}.npz"  # relative to the record's folder
     if cfg.save_model:
         record["saved_model"] = str(save_pruned(model, tokenizer, results_dir.parent / "models" / key))
     path = save_record(results_dir, record)
@@ -211,6 +217,8 @@ def main(cfg: DictConfig) -> None:
         run_cell(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed cell; the grid's other cells still run
         sys.exit(2)
 
 

@@ -8,8 +8,6 @@ row-major keep-mask (True = weight kept, i.e. non-zero)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.records import atomic_open
 from pruners.base import model_linears
 
 Packed = dict[str, tuple[np.ndarray, tuple[int, ...]]]
@@ -26,7 +25,6 @@ def save_masks(model: nn.Module, path: Path | str) -> Path:
     """Write the keep-mask of every prunable matrix; atomic (temp file + rename), so a killed
     cell never leaves a half-written mask."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     names, shapes, arrays = [], [], {}
     with torch.no_grad():
         for i, (name, linear) in enumerate(model_linears(model).items()):
@@ -34,17 +32,9 @@ def save_masks(model: nn.Module, path: Path | str) -> Path:
             names.append(name)
             shapes.append(keep.shape)
             arrays[f"m{i}"] = np.packbits(keep.ravel())
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, __names__=np.array(names, dtype=str),
-                     __shapes__=np.array(shapes, dtype=np.int64).reshape(-1, 2), **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, __names__=np.array(names, dtype=str),
+                 __shapes__=np.array(shapes, dtype=np.int64).reshape(-1, 2), **arrays)
     return path
 
 
