@@ -1,0 +1,214 @@
+"""The domain tasks (QA, NLI, summarization) through lm-eval, on the in-memory model.
+
+Tasks are the YAMLs in evals/tasks; their data paths are decided at run time (the domain config,
+resolved against the data root) and reach the YAMLs' dataset hooks as lm-eval task metadata.
+Each task runs on its own so that it gets its own item limit, generation length and wall time.
+
+Multiple choice shares the prompt between candidates: lm-eval's HFLM only reuses logits when every
+candidate is a single token, so PrefixSharingLM runs the prompt once per item and scores all
+candidates from its key/value cache (CaseHOLD's five ~30-token holdings cost one prompt, not five)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.evaluator import evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList
+
+from core.data import data_path
+from core.errors import ConfigError
+from evals.tasks.readers import READERS
+from evals.tasks.utils import first_line
+
+log = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+DOMAIN_OF = {"pubmedqa": "healthcare", "rqe": "healthcare", "mednli": "healthcare", "hqs": "healthcare",
+             "casehold": "legal", "billsum": "legal"}
+FILE_KEYS = {"pubmedqa": ("path", "split")}  # spec keys that name files (default: just `path`)
+
+
+@dataclass
+class TaskResults:
+    metrics: dict[str, float] = field(default_factory=dict)  # `<domain>/<task>/<metric>`
+    samples: dict[str, list[dict]] = field(default_factory=dict)  # generation tasks: outputs + references
+    seconds: dict[str, float] = field(default_factory=dict)
+    items: dict[str, int] = field(default_factory=dict)
+    limits: dict[str, int | None] = field(default_factory=dict)  # the preset's limit (None = all items)
+    versions: dict[str, Any] = field(default_factory=dict)  # task YAML versions (prompt changes)
+
+
+def task_sources(tasks_cfg: Mapping[str, Any], data_root: Path) -> dict[str, dict[str, Any]]:
+    """The tasks to run, each with absolute paths (or its hub spec). A task whose `path` is null
+    and has no `hub` (MedNLI unless the user gives their copy) is skipped."""
+    sources = {}
+    for name, spec in tasks_cfg.items():
+        if name not in DOMAIN_OF:
+            raise ConfigError(f"unknown task {name!r} under domain.tasks; known: {sorted(DOMAIN_OF)}")
+        spec = dict(spec or {})
+        keys = FILE_KEYS.get(name, ("path",))
+        if spec.get("hub"):  # a hub set, optionally restricted by a local id file (PubMedQA's split)
+            sources[name] = {"hub": dict(spec["hub"])}
+            keys = tuple(key for key in keys if key != "path" and spec.get(key))
+        elif not spec.get("path"):
+            continue
+        else:
+            sources[name] = {}
+        sources[name].update({key: str(data_path(data_root, str(spec[key]))) for key in keys})
+    return sources
+
+
+def check_tasks(tasks_cfg: Mapping[str, Any], data_root: Path) -> None:
+    """Read every local task file once, before any model loads: a missing file or a missing field
+    raises ConfigError naming the file and what it should hold. Hub sets are checked when loaded."""
+    for name, spec in task_sources(tasks_cfg, data_root).items():
+        if not spec.get("hub"):
+            READERS[name](spec)
+
+
+class FirstLineDone(StoppingCriteria):
+    """Per sequence: the generated text, leading whitespace aside, holds a complete line."""
+
+    def __init__(self, tokenizer: Any, prompt_length: int) -> None:
+        self.tokenizer, self.prompt_length = tokenizer, prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor(["\n" in text.lstrip() for text in texts], device=input_ids.device)
+
+
+class PrefixSharingLM(HFLM):
+    """HFLM whose log-likelihood runs each distinct prompt once and scores all its candidate
+    continuations from the prompt's key/value cache, and whose greedy generation can stop at the
+    end of the first non-empty line (`first_line: true` in a task's generation_kwargs); rolling
+    log-likelihood and all other generation are lm-eval's own."""
+
+    def continuation_tokens(self, context: str, continuation: str) -> int:
+        """How many tokens of `continuation` are scored after `context` (as lm-eval splits them)."""
+        return len(self._encode_pair(context, continuation)[1])
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        if override_bs is not None or self.backend != "causal":  # rolling windows: lm-eval's batching
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, (_, context, _) in enumerate(requests):
+            groups.setdefault(tuple(context), []).append(index)
+        answers: list[tuple[float, bool] | None] = [None] * len(requests)
+        bar = tqdm(groups.items(), desc="loglikelihood (shared prompts)", disable=disable_tqdm)
+        for context, members in bar:
+            continuations = [requests[i][2] for i in members]
+            if len(context) + max(map(len, continuations)) > self.max_length + 1:  # lm-eval truncates
+                scored = super()._loglikelihood_tokens([requests[i] for i in members], disable_tqdm=True)
+            else:
+                scored = self._score_shared(list(context), continuations)
+            for i, answer in zip(members, scored, strict=True):
+                answers[i] = answer
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+        return answers
+
+    @torch.no_grad()
+    def _score_shared(self, context: list[int], continuations: list[list[int]]) -> list[tuple[float, bool]]:
+        """Sum of log-probs of each continuation and whether greedy decoding would produce it."""
+        multi = [k for k, cont in enumerate(continuations) if len(cont) > 1]
+        params = inspect.signature(self.model.forward).parameters
+        kwargs = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
+        prompt = torch.tensor([context], device=self.device)
+        out = self.model(input_ids=prompt, use_cache=bool(multi), **kwargs)
+        first = F.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each continuation's first token
+        totals = [float(first[cont[0]]) for cont in continuations]
+        greedy = [int(first.argmax()) == cont[0] for cont in continuations]
+        if multi:
+            cache = getattr(out, "cache", None) or out.past_key_values
+            cache.batch_repeat_interleave(len(multi))
+            width = max(len(continuations[k]) for k in multi) - 1
+            tails = torch.tensor(  # right padding: causal attention never lets real tokens see it
+                [continuations[k][:-1] + [0] * (width + 1 - len(continuations[k])) for k in multi],
+                device=self.device)
+            logits = self.model(input_ids=tails, use_cache=True, **{cache_arg: cache}).logits
+            logprobs = F.log_softmax(logits.float(), dim=-1)
+            for row, k in enumerate(multi):
+                targets = torch.tensor(continuations[k][1:], device=self.device)
+                steps = logprobs[row, : targets.numel()]
+                totals[k] += float(steps.gather(1, targets[:, None]).sum())
+                greedy[k] = greedy[k] and bool((steps.argmax(-1) == targets).all())
+        return list(zip(totals, greedy, strict=True))
+
+    def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs):
+        if not generation_kwargs.pop("first_line", False):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        if generation_kwargs.pop("do_sample", False):
+            raise ConfigError("first_line generation is greedy; the task sets do_sample: true")
+        generation_kwargs.pop("temperature", None)
+        criteria = StoppingCriteriaList([FirstLineDone(self.tokenizer, context.shape[1])])
+        return self.model.generate(input_ids=context, max_length=max_length, stopping_criteria=criteria,
+                                   pad_token_id=self.tokenizer.pad_token_id, use_cache=True, do_sample=False,
+                                   **generation_kwargs)
+
+
+def _add_choice_tokens(task: Any, lm: PrefixSharingLM) -> None:
+    """Annotate each doc with its candidates' token counts (for mean per-token scoring)."""
+    split = task.config.test_split
+    delimiter = task.config.target_delimiter
+
+    def count(doc: dict[str, Any]) -> dict[str, list[int]]:
+        context = task.doc_to_text(doc)
+        return {"choice_tokens": [lm.continuation_tokens(context, delimiter + choice)
+                                  for choice in task.doc_to_choice(doc)]}
+
+    task.dataset[split] = task.dataset[split].map(count)
+
+
+def _samples(logged: list[dict[str, Any]], metric_names: list[str]) -> list[dict[str, Any]]:
+    """Generated text beside its reference, per item."""
+    return [{"id": s["doc"]["id"], "prediction": first_line(s["filtered_resps"][0]), "reference": s["target"],
+             **{m: s[m] for m in metric_names if m in s}} for s in logged]
+
+
+def evaluate_domain_tasks(model: PreTrainedModel, tokenizer: Any, tasks_cfg: Mapping[str, Any],
+                          limits_cfg: Mapping[str, Any], data_root: Path,
+                          batch_size: int | None = None) -> TaskResults:
+    """Run every configured task of a domain (`domain.tasks`) under the eval preset's `tasks`
+    block (`limit` and `max_new_tokens` per task, `batch_size` for generation)."""
+    sources = task_sources(tasks_cfg, data_root)
+    batch_size = int(batch_size or limits_cfg.get("batch_size", 1))
+    limits = dict(limits_cfg.get("limit") or {})
+    new_tokens = dict(limits_cfg.get("max_new_tokens") or {})
+    lm = PrefixSharingLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"sources": sources})
+    result = TaskResults()
+    for name in sources:
+        lm_name = f"dpb_{name}"
+        loaded = manager.load([lm_name])
+        task = loaded["tasks"][lm_name]
+        if task.get_config("output_type") == "generate_until" and name in new_tokens:
+            task.set_config("generation_kwargs", {"max_gen_toks": int(new_tokens[name])}, update=True)
+        if (task.get_config("metadata") or {}).get("choice_tokens"):
+            _add_choice_tokens(task, lm)
+        limit = limits.get(name)
+        began = time.perf_counter()
+        out = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=True)
+        key = f"{DOMAIN_OF[name]}/{name}"
+        result.seconds[key] = time.perf_counter() - began
+        result.items[key] = int(out["n-samples"][lm_name]["effective"])
+        result.limits[key] = None if limit is None else int(limit)
+        result.versions[key] = out["versions"][lm_name]
+        names = list(task.aggregation())
+        for metric in names:
+            result.metrics[f"{key}/{metric}"] = float(out["results"][lm_name][f"{metric},none"])
+        if task.get_config("output_type") == "generate_until":
+            result.samples[key] = _samples(out["samples"][lm_name], names)
+        log.info("%s: %d items in %.1f s", key, result.items[key], result.seconds[key])
+    return result

@@ -1,0 +1,1 @@
+"""lm-eval task YAMLs of the domain evaluation, their hooks (utils.py) and source readers."""
