@@ -92,14 +92,19 @@ class PrefixSharingLM(HFLM):
     """HFLM whose log-likelihood runs each distinct prompt once and scores all its candidate
     continuations from the prompt's key/value cache, and whose greedy generation can stop at the
     end of the first non-empty line (`first_line: true` in a task's generation_kwargs); rolling
-    log-likelihood and all other generation are lm-eval's own."""
+    log-likelihood and all other generation are lm-eval's own. `share_prompts=False` keeps
+    lm-eval's batched scoring (for comparison)."""
+
+    def __init__(self, *args: Any, share_prompts: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.share_prompts = share_prompts
 
     def continuation_tokens(self, context: str, continuation: str) -> int:
         """How many tokens of `continuation` are scored after `context` (as lm-eval splits them)."""
         return len(self._encode_pair(context, continuation)[1])
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-        if override_bs is not None or self.backend != "causal":  # rolling windows: lm-eval's batching
+        if override_bs is not None or self.backend != "causal" or not self.share_prompts:  # e.g. rolling
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, (_, context, _) in enumerate(requests):
@@ -158,17 +163,15 @@ class PrefixSharingLM(HFLM):
                                    **generation_kwargs)
 
 
-def _add_choice_tokens(task: Any, lm: PrefixSharingLM) -> None:
-    """Annotate each doc with its candidates' token counts (for mean per-token scoring)."""
-    split = task.config.test_split
-    delimiter = task.config.target_delimiter
-
-    def count(doc: dict[str, Any]) -> dict[str, list[int]]:
-        context = task.doc_to_text(doc)
-        return {"choice_tokens": [lm.continuation_tokens(context, delimiter + choice)
-                                  for choice in task.doc_to_choice(doc)]}
-
-    task.dataset[split] = task.dataset[split].map(count)
+def _add_choice_tokens(task: Any, lm: PrefixSharingLM, limit: int | None) -> None:
+    """Annotate the docs to be evaluated (the first `limit`) with their candidates' token counts,
+    for mean per-token scoring."""
+    split, delimiter = task.config.test_split, task.config.target_delimiter
+    docs = task.dataset[split]
+    docs = docs.select(range(min(limit, len(docs)))) if limit else docs
+    counts = [[lm.continuation_tokens(task.doc_to_text(doc), delimiter + choice)
+               for choice in task.doc_to_choice(doc)] for doc in docs]
+    task.dataset[split] = docs.add_column("choice_tokens", counts)
 
 
 def _samples(logged: list[dict[str, Any]], metric_names: list[str]) -> list[dict[str, Any]]:
@@ -178,15 +181,17 @@ def _samples(logged: list[dict[str, Any]], metric_names: list[str]) -> list[dict
 
 
 def evaluate_domain_tasks(model: PreTrainedModel, tokenizer: Any, tasks_cfg: Mapping[str, Any],
-                          limits_cfg: Mapping[str, Any], data_root: Path,
-                          batch_size: int | None = None) -> TaskResults:
+                          limits_cfg: Mapping[str, Any], data_root: Path, batch_size: int | None = None,
+                          *, share_prompts: bool = True) -> TaskResults:
     """Run every configured task of a domain (`domain.tasks`) under the eval preset's `tasks`
-    block (`limit` and `max_new_tokens` per task, `batch_size` for generation)."""
+    block (`limit` and `max_new_tokens` per task, `batch_size` for generation and, without
+    prompt sharing, for lm-eval's log-likelihood batches)."""
     sources = task_sources(tasks_cfg, data_root)
     batch_size = int(batch_size or limits_cfg.get("batch_size", 1))
     limits = dict(limits_cfg.get("limit") or {})
     new_tokens = dict(limits_cfg.get("max_new_tokens") or {})
-    lm = PrefixSharingLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
+    lm = PrefixSharingLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal",
+                         share_prompts=share_prompts)
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"sources": sources})
     result = TaskResults()
     for name in sources:
@@ -195,9 +200,9 @@ def evaluate_domain_tasks(model: PreTrainedModel, tokenizer: Any, tasks_cfg: Map
         task = loaded["tasks"][lm_name]
         if task.get_config("output_type") == "generate_until" and name in new_tokens:
             task.set_config("generation_kwargs", {"max_gen_toks": int(new_tokens[name])}, update=True)
-        if (task.get_config("metadata") or {}).get("choice_tokens"):
-            _add_choice_tokens(task, lm)
         limit = limits.get(name)
+        if (task.get_config("metadata") or {}).get("choice_tokens"):
+            _add_choice_tokens(task, lm, limit)
         began = time.perf_counter()
         out = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=True)
         key = f"{DOMAIN_OF[name]}/{name}"
