@@ -1,5 +1,5 @@
-"""Everything a cell evaluates after pruning: domain and general perplexity (and the domain
-tasks), as one flat metrics dict keyed `<domain|general>/<task>/<metric>`."""
+"""Everything a cell evaluates after pruning: domain and general perplexity and the domain's
+lm-eval tasks, as one flat metrics dict keyed `<domain|general>/<task>/<metric>`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from core.data import data_path, load_texts
+from evals.lm_tasks import check_tasks, evaluate_domain_tasks
 from evals.perplexity import strided_perplexity
 
 
@@ -31,10 +32,11 @@ def perplexity_sources(domain: Mapping[str, Any], general: Mapping[str, Any]) ->
 
 
 def check_eval_inputs(domain: Mapping[str, Any], general: Mapping[str, Any], root: Path) -> None:
-    """Every evaluation file exists (raises ConfigError naming the missing one)."""
+    """Every evaluation file exists and reads (raises ConfigError naming the bad one)."""
     for spec in perplexity_sources(domain, general).values():
         if not spec.get("hub"):
             data_path(root, spec["path"])
+    check_tasks(domain.get("tasks") or {}, root)
 
 
 def evaluate(model: nn.Module, tokenizer: Any, eval_cfg: Mapping[str, Any], domain: Mapping[str, Any],
@@ -50,5 +52,12 @@ def evaluate(model: nn.Module, tokenizer: Any, eval_cfg: Mapping[str, Any], doma
         result.metrics[f"{key}/ppl"] = ppl.ppl
         result.metrics[f"{key}/bpb"] = ppl.bpb
         result.details[key] = {**ppl.as_dict(), "seconds": time.perf_counter() - began}
+    tasks = evaluate_domain_tasks(model, tokenizer, domain.get("tasks") or {}, eval_cfg["tasks"], root)
+    result.metrics.update(tasks.metrics)
+    result.samples.update(tasks.samples)
+    for name, seconds in tasks.seconds.items():
+        result.details[name] = {  # name is already <domain>/<task>
+            "seconds": seconds, "items": tasks.items.get(name), "limit": tasks.limits.get(name),
+            "version": tasks.versions.get(name)}
     result.seconds = time.perf_counter() - start
     return result
