@@ -13,7 +13,8 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def task_sources(tasks_cfg: Mapping[str, Any], data_root: Path) -> dict[str, dic
     """The tasks to run, each with absolute paths (or its hub spec). A task whose `path` is null
     and has no `hub` (MedNLI unless the user gives their copy) is skipped."""
     sources = {}
-    for name, spec in tasks_cfg.items():
+    for name, spec in (tasks_cfg or {}).items():
         if name not in DOMAIN_OF:
             raise ConfigError(f"unknown task {name!r} under domain.tasks; known: {sorted(DOMAIN_OF)}")
         spec = dict(spec or {})
@@ -174,10 +175,47 @@ def _add_choice_tokens(task: Any, lm: PrefixSharingLM, limit: int | None) -> Non
     task.dataset[split] = docs.add_column("choice_tokens", counts)
 
 
+@contextmanager
+def _quiet_lm_eval() -> Iterator[None]:
+    """lm-eval warns on every in-memory model and custom dataset, which is how we use it."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _samples(logged: list[dict[str, Any]], metric_names: list[str]) -> list[dict[str, Any]]:
     """Generated text beside its reference, per item."""
     return [{"id": s["doc"]["id"], "prediction": first_line(s["filtered_resps"][0]), "reference": s["target"],
              **{m: s[m] for m in metric_names if m in s}} for s in logged]
+
+
+def _run_task(name: str, lm: PrefixSharingLM, manager: TaskManager, limit: int | None,
+              max_new_tokens: int | None, result: TaskResults) -> None:
+    """Evaluate one task on its first `limit` docs; add its numbers and samples to `result`."""
+    lm_name, key = f"dpb_{name}", f"{DOMAIN_OF[name]}/{name}"
+    loaded = manager.load([lm_name])
+    task = loaded["tasks"][lm_name]
+    generates = task.get_config("output_type") == "generate_until"
+    if generates and max_new_tokens:
+        task.set_config("generation_kwargs", {"max_gen_toks": int(max_new_tokens)}, update=True)
+    if (task.get_config("metadata") or {}).get("choice_tokens"):
+        _add_choice_tokens(task, lm, limit)
+    began = time.perf_counter()
+    out = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=True)
+    result.seconds[key] = time.perf_counter() - began
+    result.items[key] = int(out["n-samples"][lm_name]["effective"])
+    result.limits[key] = None if limit is None else int(limit)
+    result.versions[key] = out["versions"][lm_name]
+    names = list(task.aggregation())
+    for metric in names:
+        result.metrics[f"{key}/{metric}"] = float(out["results"][lm_name][f"{metric},none"])
+    if generates:
+        result.samples[key] = _samples(out["samples"][lm_name], names)
+    log.info("%s: %d items in %.1f s", key, result.items[key], result.seconds[key])
 
 
 def evaluate_domain_tasks(model: PreTrainedModel, tokenizer: Any, tasks_cfg: Mapping[str, Any],
@@ -190,30 +228,12 @@ def evaluate_domain_tasks(model: PreTrainedModel, tokenizer: Any, tasks_cfg: Map
     batch_size = int(batch_size or limits_cfg.get("batch_size", 1))
     limits = dict(limits_cfg.get("limit") or {})
     new_tokens = dict(limits_cfg.get("max_new_tokens") or {})
-    lm = PrefixSharingLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal",
-                         share_prompts=share_prompts)
-    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"sources": sources})
     result = TaskResults()
-    for name in sources:
-        lm_name = f"dpb_{name}"
-        loaded = manager.load([lm_name])
-        task = loaded["tasks"][lm_name]
-        if task.get_config("output_type") == "generate_until" and name in new_tokens:
-            task.set_config("generation_kwargs", {"max_gen_toks": int(new_tokens[name])}, update=True)
-        limit = limits.get(name)
-        if (task.get_config("metadata") or {}).get("choice_tokens"):
-            _add_choice_tokens(task, lm, limit)
-        began = time.perf_counter()
-        out = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=True)
-        key = f"{DOMAIN_OF[name]}/{name}"
-        result.seconds[key] = time.perf_counter() - began
-        result.items[key] = int(out["n-samples"][lm_name]["effective"])
-        result.limits[key] = None if limit is None else int(limit)
-        result.versions[key] = out["versions"][lm_name]
-        names = list(task.aggregation())
-        for metric in names:
-            result.metrics[f"{key}/{metric}"] = float(out["results"][lm_name][f"{metric},none"])
-        if task.get_config("output_type") == "generate_until":
-            result.samples[key] = _samples(out["samples"][lm_name], names)
-        log.info("%s: %d items in %.1f s", key, result.items[key], result.seconds[key])
+    with _quiet_lm_eval():
+        lm = PrefixSharingLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal",
+                             share_prompts=share_prompts)
+        manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
+                              metadata={"sources": sources})
+        for name in sources:
+            _run_task(name, lm, manager, limits.get(name), new_tokens.get(name), result)
     return result
