@@ -5,6 +5,7 @@ defaults a cell would use. D-Pruner runs without its G cache, so its general pas
 
     python -m bench.dpruner_cost                      # default model, legal domain
     python -m bench.dpruner_cost --model tiny-llama --out /tmp/cost.md
+    python -m bench.dpruner_cost --methods dpruner --out /tmp/disk.md pruner.offload=disk
 """
 
 from __future__ import annotations
@@ -50,13 +51,15 @@ def measure(method: str, model_name: str, domain: str, overrides: list[str]) -> 
         size = cfg.pruner.domain_calib
         calibration.domain = domain_windows(tokenizer, cfg.domain.calib, root, int(size.nsamples),
                                             int(size.seqlen), seed)
+    with torch.no_grad():  # page in weights loaded lazily, so the baseline includes the model
+        sum(float(p.sum()) for p in model.parameters())
     loaded = peak_memory_mb(device)
     start = time.perf_counter()
     pruner.prune(model, calibration, device)
     seconds = time.perf_counter() - start
     fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
     return {
-        "method": method, "seconds": seconds, "stages": getattr(pruner, "stage_seconds", {}),
+        "method": method, "seconds": seconds, "stages": getattr(pruner, "stages", {}),
         "peak_rss_mb": peak_memory_mb(device), "loaded_rss_mb": loaded, "model_fp32_mb": fp32_mb,
         "general": list(general.shape), "threads": torch.get_num_threads(), "device": str(device),
         "domain": None if calibration.domain is None else list(calibration.domain.shape),
@@ -71,15 +74,16 @@ def table(results: list[dict[str, Any]], model_name: str, domain: str) -> str:
         f"Command: `python -m bench.dpruner_cost --model {model_name} --domain {domain}`; "
         f"{platform.processor() or platform.machine()}, {base['threads']} torch threads, "
         f"device {base['device']}. fp32 model size {base['model_fp32_mb']:.0f} MiB.", "",
-        "| method | calibration | prune time (s) | stages (s) | x SparseGPT time | peak RSS (MiB) "
-        "| peak RSS / fp32 model | RSS added by pruning (MiB) |",
+        "| method | calibration | prune time (s) | stages: time / peak RSS so far | x SparseGPT time "
+        "| peak RSS (MiB) | peak RSS / fp32 model | RSS added by pruning (MiB) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         calib = f"general {r['general'][0]}x{r['general'][1]}"
         if r["method"] == "dpruner" and r["domain"]:
             calib += f", domain {r['domain'][0]}x{r['domain'][1]}"
-        stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items()) or "-"
+        stages = ", ".join(f"{k} {v['seconds']:.0f}s / {v['peak_mb']:.0f} MiB"
+                           for k, v in r["stages"].items()) or "-"
         lines.append(
             f"| {r['method']} | {calib} | {r['seconds']:.1f} | {stages} "
             f"| {r['seconds'] / base['seconds']:.2f} "
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--domain", default="legal")
     parser.add_argument("--out", default=str(PROJECT_ROOT / "results/bench/dpruner_cost.md"))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. pruner.batch_size=8")
     args = parser.parse_args(argv)
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(args.worker, args.model, args.domain, args.overrides)))
         return
     results = []
-    for method in METHODS:  # one process each, one at a time
+    for method in args.methods:  # one process each, one at a time
         command = [sys.executable, "-m", "bench.dpruner_cost", "--worker", method, "--model", args.model,
                    "--domain", args.domain, *args.overrides]
         done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)

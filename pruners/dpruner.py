@@ -12,8 +12,9 @@ keep the weights that matter both for general ability and for the target domain.
    block or per N:M group, applied to the original dense weights.
 
 Memory: the model, I (fp32) and, while the regulariser needs it, G (fp32). With `offload: disk`
-G and the dense copy live in files read one matrix at a time; otherwise G sits with I (`device`,
-or the CPU with `buffers_on_cpu`) and the dense copy on the CPU."""
+(`auto` on a CPU, where memory is the scarce thing) G and the dense copy live in files read one
+matrix at a time; otherwise G sits with I (on the device, or the CPU with `buffers_on_cpu`) and
+the dense copy in CPU memory."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ from pruners.dpruner_math import (
     taylor_importance,
 )
 from pruners.driver import batches, run_layerwise
+from pruners.lm_loss import NextTokenLoss
 from pruners.masks import select_mask
 from pruners.stats import Hessian
 from pruners.tensorfile import TensorFile
@@ -66,7 +68,7 @@ IMPORTANCE = ("dual", "general_only", "domain_only")
 REGULARIZERS = ("paper", "anchor")
 REGULARIZER_GRADS = ("fisher", "exact", "none")
 CLIPS = ("lagged", "two_pass")
-OFFLOADS = ("none", "disk")
+OFFLOADS = ("auto", "none", "disk")
 CACHE_VERSION = b"dpruner-general-v2"
 
 Tensors = Mapping[str, torch.Tensor]  # a dict in memory or a TensorFile on disk
@@ -142,11 +144,6 @@ class _Step:
     sqnorm: float = 0.0  # squared global norm of the refined gradient
 
 
-def _lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss of a batch (unscaled: no loss scaling ever reaches the scores)."""
-    return model(input_ids=batch, labels=batch, use_cache=False).loss
-
-
 @contextmanager
 def _backprop_mode(model: nn.Module, params: list[nn.Parameter], checkpointing: bool,
                    eager: bool) -> Iterator[None]:
@@ -216,6 +213,8 @@ class _DomainPass:
         with ExitStack() as stack:
             checkpointing = p.gradient_checkpointing and not self.exact
             stack.enter_context(_backprop_mode(self.model, params, checkpointing, eager=self.exact))
+            chunk = None if self.exact else p.loss_chunk  # double backward uses the model's own loss
+            self.loss = NextTokenLoss(self.model, chunk, ids[:1, :16].to(self.device))
             if not self.exact:
                 for m in self.matrices:
                     stack.callback(m.param.register_post_accumulate_grad_hook(partial(self._hook, m)).remove)
@@ -230,12 +229,12 @@ class _DomainPass:
                 two_pass = p.clip == "two_pass" and p.max_grad_norm is not None
                 state.update = p.update_weights and not two_pass
                 state.coef = clip_coefficient(previous_norm, p.max_grad_norm)
-                _lm_loss(self.model, batch).backward()
+                self.loss.backward(batch)
                 previous_norm = math.sqrt(state.sqnorm)
                 if p.update_weights and two_pass:  # recompute the same gradients, now clipped
                     state.score, state.update = False, True
                     state.coef = clip_coefficient(previous_norm, p.max_grad_norm)
-                    _lm_loss(self.model, batch).backward()
+                    self.loss.backward(batch)
 
     def _hook(self, m: _Matrix, param: torch.Tensor) -> None:
         """Post-accumulate hook: consume this parameter's gradient, then free it."""
@@ -272,7 +271,7 @@ class _DomainPass:
         """Regulariser gradient 2 lambda alpha^2 H (G * g) by double backward (small models): all
         gradients are alive at once, so the clip uses this step's own norm."""
         params = [m.param for m in self.matrices]
-        grads = torch.autograd.grad(_lm_loss(self.model, batch), params, create_graph=True)
+        grads = torch.autograd.grad(self.loss(batch), params, create_graph=True)
         Gs = [self.G[m.name].to(g.device) for m, g in zip(self.matrices, grads, strict=True)]
         regs = exact_regularizer_grads(grads, params, Gs, self.p.lambda_, self.p.lr)
         grads = [g.detach().float() for g in grads]
@@ -301,8 +300,8 @@ class DPruner(Pruner):
                  update_weights: bool = True, epochs: int = 1, batch_size: int = 4,
                  warmup_ratio: float = 0.1, max_grad_norm: float | None = 1.0, clip: str = "lagged",
                  blocking: bool = False, block_size: int = 128, percdamp: float = 0.01,
-                 gradient_checkpointing: bool = True, buffers_on_cpu: bool = False, offload: str = "none",
-                 offload_dir: str | None = None, cache_dir: str | None = None,
+                 gradient_checkpointing: bool = True, buffers_on_cpu: bool = False, offload: str = "auto",
+                 offload_dir: str | None = None, loss_chunk: int | None = 256, cache_dir: str | None = None,
                  domain_calib: Mapping[str, Any] | None = None) -> None:
         super().__init__(sparsity, pattern, driver)
         self.importance = _choice("importance", importance, IMPORTANCE)
@@ -328,13 +327,16 @@ class DPruner(Pruner):
         self.percdamp = float(percdamp)
         self.update_weights, self.blocking = bool(update_weights), bool(blocking)
         self.gradient_checkpointing, self.buffers_on_cpu = bool(gradient_checkpointing), bool(buffers_on_cpu)
+        self.loss_chunk = None if loss_chunk is None else int(loss_chunk)
+        if self.loss_chunk is not None and self.loss_chunk < 1:
+            raise ConfigError(f"pruner.loss_chunk={loss_chunk!r} must be >= 1 or null (no chunking)")
         self.offload_dir = Path(os.path.expanduser(str(offload_dir))) if offload_dir else None
         self.cache_dir = Path(os.path.expanduser(str(cache_dir))) if cache_dir else None
         self.domain_calib = dict(domain_calib or {})
         for key in ("nsamples", "seqlen"):
             if key in self.domain_calib and int(self.domain_calib[key]) < 1:
                 raise ConfigError(f"pruner.domain_calib.{key}={self.domain_calib[key]!r} must be >= 1")
-        self.stage_seconds: dict[str, float] = {}  # wall time of the last prune, per stage
+        self.stages: dict[str, dict[str, float]] = {}  # last prune: seconds and peak memory per stage
 
     @property
     def regularized(self) -> bool:
@@ -361,13 +363,14 @@ class DPruner(Pruner):
         clock = time.perf_counter()
         with ExitStack() as stack:
             scratch = None
-            if self.offload == "disk":
+            if self.offload == "disk" or (self.offload == "auto" and device.type == "cpu"):
                 scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
                     prefix="dpruner-", dir=self.offload_dir)))
             G, general_notes = {}, {}
             if self.needs_general:
                 G, general_notes = self.general_importance(model, calibration.general, device, store, scratch)
-            self.stage_seconds = {"general": time.perf_counter() - clock}
+            self.stages = {}
+            self._stage("general", clock, device)
             dense, domain_notes = None, {}
             if self.importance == "general_only":
                 scores = G
@@ -377,9 +380,9 @@ class DPruner(Pruner):
                 scores, domain_notes = self.domain_importance(model, calibration.domain, G, dense,
                                                               device, store)
                 del G
-            self.stage_seconds["domain"] = time.perf_counter() - clock - self.stage_seconds["general"]
+            self._stage("domain", clock, device)
             reports = self.apply_masks(model, scores, dense)
-        self.stage_seconds["mask"] = time.perf_counter() - clock - sum(self.stage_seconds.values())
+        self._stage("mask", clock, device)
         for report in reports:
             report.notes.update(general_notes.get(report.name, {}))
             report.notes.update(domain_notes.get(report.name, {}))
@@ -439,6 +442,11 @@ class DPruner(Pruner):
                 name, tuple(weight.shape), float((weight == 0).sum()) / weight.numel(), None,
                 time.perf_counter() - start, peak_memory_mb(weight.device)))
         return reports
+
+    def _stage(self, name: str, clock: float, device: torch.device) -> None:
+        spent = sum(stage["seconds"] for stage in self.stages.values())
+        seconds = time.perf_counter() - clock - spent
+        self.stages[name] = {"seconds": seconds, "peak_mb": peak_memory_mb(device)}
 
     @staticmethod
     def _dense_copy(model: nn.Module, scratch: Path | None) -> Tensors:
