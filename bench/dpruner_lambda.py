@@ -17,19 +17,24 @@ from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-# label -> pruner overrides (None: the dense model)
-CELLS: dict[str, dict[str, Any] | None] = {
+FIXED: dict[str, dict[str, Any] | None] = {
     "dense": None,
     "general_only": {"importance": "general_only"},
     "domain_only": {"importance": "domain_only"},
-    "paper_0.1": {"lambda_": 0.1},
-    "paper_1e6": {"lambda_": 1e6},
-    "paper_1e9": {"lambda_": 1e9},
-    "paper_1e12": {"lambda_": 1e12},
-    "anchor_1": {"regularizer": "anchor", "lambda_": 1.0},
-    "anchor_10": {"regularizer": "anchor", "lambda_": 10.0},
-    "anchor_100": {"regularizer": "anchor", "lambda_": 100.0},
 }
+DEFAULT_CELLS = ["dense", "general_only", "domain_only", "paper_0.1", "paper_1e6", "paper_1e9", "paper_1e12",
+                 "anchor_1", "anchor_10", "anchor_100"]
+
+
+def cell_options(label: str) -> dict[str, Any] | None:
+    """`dense`, `general_only`, `domain_only`, `paper_<lambda>` or `anchor_<lambda>` -> pruner
+    overrides (None: the dense model)."""
+    if label in FIXED:
+        return FIXED[label]
+    form, _, value = label.partition("_")
+    if form not in ("paper", "anchor"):
+        raise SystemExit(f"unknown cell {label!r}; use {sorted(FIXED)}, paper_<lambda> or anchor_<lambda>")
+    return {"regularizer": form, "lambda_": float(value)}
 
 
 def run(model_name: str, domain: str, cells: list[str], out: Path, overrides: list[str]) -> None:
@@ -37,9 +42,10 @@ def run(model_name: str, domain: str, cells: list[str], out: Path, overrides: li
     from hydra.utils import instantiate
 
     from core.calibration import domain_windows
-    from core.data import general_calibration, resolve_data_root
+    from core.data import general_calibration, load_texts, resolve_data_root
     from core.models import load_model, resolve_device
-    from evals.suite import evaluate
+    from evals.perplexity import strided_perplexity
+    from evals.suite import perplexity_sources
     from pruners.base import Calibration
 
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base=None):
@@ -59,22 +65,26 @@ def run(model_name: str, domain: str, cells: list[str], out: Path, overrides: li
         f"Command: `python -m bench.dpruner_lambda --model {model_name} --domain {domain} "
         f"{' '.join(overrides)}`. Pruner defaults from conf/pruner/dpruner.yaml; general calibration "
         f"{cfg.calib.nsamples}x{cfg.calib.seqlen}, domain {size.nsamples}x{size.seqlen}; eval preset "
-        f"{cfg.eval.name} (window {cfg.eval.perplexity.window}). reg/grad = mean over matrices of "
+        f"{cfg.eval.name} (perplexity only: window {cfg.eval.perplexity.window}, "
+        f"{cfg.eval.perplexity.max_windows} windows per text). reg/grad = mean over matrices of "
         "mean |regulariser gradient| / mean |g| (median, max).", "",
     ]
+    specs = perplexity_sources(cfg.domain, cfg.data.general)
+    sources = {key: load_texts(spec, root) for key, spec in specs.items()}
+    settings = cfg.eval.perplexity
+    window, stride, limit, batch = settings.window, settings.stride, settings.max_windows, settings.batch_size
     header = None
     for label in cells:
         model.load_state_dict(dense)
-        options = CELLS[label]
+        options = cell_options(label)
         start = time.perf_counter()
         ratios: list[float] = []
         if options is not None:
             reports = instantiate(cfg.pruner, **options).prune(model, calibration, device)
             ratios = [r.notes.get("reg_ratio", 0.0) for r in reports]
         prune_seconds = time.perf_counter() - start
-        result = evaluate(model, tokenizer, cfg.eval, cfg.domain, cfg.data.general, root, progress=False)
-        metrics = result.metrics
-        ppl = {k.removesuffix("/ppl"): v for k, v in metrics.items() if k.endswith("/ppl")}
+        ppl = {key: strided_perplexity(model, tokenizer, texts, window, stride, limit, batch,
+                                       progress=False).ppl for key, texts in sources.items()}
         if header is None:
             header = list(ppl)
             lines += ["| cell | reg/grad mean | median | max | " + " | ".join(f"{k} ppl" for k in header)
@@ -92,11 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--domain", default="legal")
-    parser.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
+    parser.add_argument("--cells", nargs="+", default=DEFAULT_CELLS,
+                        help="dense, general_only, domain_only, paper_<lambda>, anchor_<lambda>")
     parser.add_argument("--out", default=None)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. sparsity=0.6 eval=smoke")
     args = parser.parse_args(argv)
     out = Path(args.out or PROJECT_ROOT / f"results/bench/dpruner_lambda_{args.domain}.md")
+    for label in args.cells:
+        cell_options(label)  # fail before any model loads
     run(args.model, args.domain, args.cells, out, args.overrides)
 
 
