@@ -1,7 +1,8 @@
 """The evidence for D-Pruner's regulariser default: a sweep over lambda (paper and anchored forms)
 on real data, reporting how large the regulariser term is next to the gradient and what the
 pruned model's domain and general perplexities are. One process, the model loaded once and
-restored between cells; G is computed once (the pruner's cache).
+restored between cells; G is computed once (the pruner's cache). Rerunning the same command
+after a kill resumes: the cells already in the output file are kept and skipped.
 
     python -m bench.dpruner_lambda --domain legal        # writes results/bench/dpruner_lambda_legal.md
     python -m bench.dpruner_lambda --model tiny-llama --cells dense paper_0.1 --out /tmp/l.md eval=smoke
@@ -21,13 +22,14 @@ FIXED: dict[str, dict[str, Any] | None] = {
     "dense": None,
     "general_only": {"importance": "general_only"},
     "domain_only": {"importance": "domain_only"},
+    "domain_only_frozen": {"importance": "domain_only", "update_weights": False},
 }
 DEFAULT_CELLS = ["dense", "general_only", "domain_only", "paper_0.1", "paper_1e6", "paper_1e9", "paper_1e12",
                  "anchor_1", "anchor_10", "anchor_100"]
 
 
 def cell_options(label: str) -> dict[str, Any] | None:
-    """`dense`, `general_only`, `domain_only`, `paper_<lambda>` or `anchor_<lambda>` -> pruner
+    """A name of FIXED, `paper_<lambda>` or `anchor_<lambda>` -> pruner
     overrides (None: the dense model)."""
     if label in FIXED:
         return FIXED[label]
@@ -73,8 +75,16 @@ def run(model_name: str, domain: str, cells: list[str], out: Path, overrides: li
     sources = {key: load_texts(spec, root) for key, spec in specs.items()}
     settings = cfg.eval.perplexity
     window, stride, limit, batch = settings.window, settings.stride, settings.max_windows, settings.batch_size
-    header = None
-    for label in cells:
+    header = list(specs)
+    table = ["| cell | reg/grad mean | median | max | " + " | ".join(f"{k} ppl" for k in header)
+             + " | prune s |", "|---" * (len(header) + 5) + "|"]
+    previous = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
+    if previous[: len(lines) + 2] == lines + table:  # the same sweep was interrupted: resume it
+        lines = previous
+    else:
+        lines += table
+    done = {line.split("|")[1].strip() for line in lines if line.startswith("| ") and line != table[0]}
+    for label in (c for c in cells if c not in done):
         model.load_state_dict(dense)
         options = cell_options(label)
         start = time.perf_counter()
@@ -85,10 +95,6 @@ def run(model_name: str, domain: str, cells: list[str], out: Path, overrides: li
         prune_seconds = time.perf_counter() - start
         ppl = {key: strided_perplexity(model, tokenizer, texts, window, stride, limit, batch,
                                        progress=False).ppl for key, texts in sources.items()}
-        if header is None:
-            header = list(ppl)
-            lines += ["| cell | reg/grad mean | median | max | " + " | ".join(f"{k} ppl" for k in header)
-                      + " | prune s |", "|---" * (len(header) + 5) + "|"]
         stats = ["-"] * 3 if not ratios else [f"{statistics.fmean(ratios):.3g}",
                                                f"{statistics.median(ratios):.3g}", f"{max(ratios):.3g}"]
         lines.append(f"| {label} | " + " | ".join(stats) + " | "
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--domain", default="legal")
     parser.add_argument("--cells", nargs="+", default=DEFAULT_CELLS,
-                        help="dense, general_only, domain_only, paper_<lambda>, anchor_<lambda>")
+                        help=f"{', '.join(FIXED)}, paper_<lambda>, anchor_<lambda>")
     parser.add_argument("--out", default=None)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. sparsity=0.6 eval=smoke")
     args = parser.parse_args(argv)
