@@ -3,6 +3,7 @@ and the rule for which modules are pruned (every nn.Linear inside the decoder bl
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import sys
 from collections.abc import Mapping
@@ -82,6 +83,24 @@ def peak_memory_mb(device: torch.device | None = None) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def free_large_blocks_at_once(threshold_bytes: int = 1 << 18) -> bool:
+    """Serve CPU allocations of at least `threshold_bytes` by mmap, so that freeing one gives
+    its memory back to the system at once. glibc otherwise raises that threshold after the first
+    large free and recycles later large blocks from a heap that fragments: a stream of freshly
+    allocated and freed per-matrix tensors (D-Pruner's gradients) then keeps hundreds of MiB
+    resident that nothing uses. Returns whether the setting took (glibc only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -42,6 +42,7 @@ from pruners.base import (
     MatrixReport,
     Pruner,
     decoder_layers,
+    free_large_blocks_at_once,
     model_linears,
     peak_memory_mb,
     register,
@@ -165,7 +166,8 @@ def _backprop_mode(model: nn.Module, params: list[nn.Parameter], checkpointing: 
             p.requires_grad_(True)
         model.eval()
         if enable_ckpt:
-            model.activation_checkpointing_enable({"use_reentrant": False})
+            # reentrant: the forward keeps only each block's input (non-reentrant keeps more)
+            model.activation_checkpointing_enable({"use_reentrant": True})
         for layer in decoder_layers(model):
             layer.training = bool(getattr(layer, "gradient_checkpointing", False))
         if switch_attention:
@@ -418,6 +420,8 @@ class DPruner(Pruner):
     def domain_importance(self, model: nn.Module, ids: torch.Tensor, G: Tensors, dense: Tensors | None,
                           device: torch.device, store: torch.device) -> tuple[dict[str, torch.Tensor], dict]:
         """I for every pruned matrix from back-propagation over the domain windows."""
+        if device.type == "cpu" or store.type == "cpu":
+            free_large_blocks_at_once()  # per-matrix gradients come and go: do not hoard them
         model.to(device)
         domain = _DomainPass(self, model, G, dense, device, store)
         domain.run(ids)
