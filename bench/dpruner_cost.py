@@ -41,6 +41,7 @@ def measure(method: str, model_name: str, domain: str, overrides: list[str]) -> 
         cfg = compose("config", overrides=[f"pruner={method}", f"model={model_name}", f"domain={domain}",
                                            "driver.progress=false", *extra, *overrides])
     root = resolve_data_root(cfg.data.root)
+    runtime = peak_memory_mb(torch.device("cpu"))  # interpreter, torch, Hydra: no model yet
     model, tokenizer = load_model(cfg.model)
     device = resolve_device(cfg.model.device)
     pruner = instantiate(cfg.pruner)
@@ -60,7 +61,8 @@ def measure(method: str, model_name: str, domain: str, overrides: list[str]) -> 
     fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
     return {
         "method": method, "seconds": seconds, "stages": getattr(pruner, "stages", {}),
-        "peak_rss_mb": peak_memory_mb(device), "loaded_rss_mb": loaded, "model_fp32_mb": fp32_mb,
+        "peak_rss_mb": peak_memory_mb(device), "loaded_rss_mb": loaded, "runtime_rss_mb": runtime,
+        "model_fp32_mb": fp32_mb,
         "general": list(general.shape), "threads": torch.get_num_threads(), "device": str(device),
         "domain": None if calibration.domain is None else list(calibration.domain.shape),
     }
@@ -75,8 +77,9 @@ def table(results: list[dict[str, Any]], model_name: str, domain: str) -> str:
         f"{platform.processor() or platform.machine()}, {base['threads']} torch threads, "
         f"device {base['device']}. fp32 model size {base['model_fp32_mb']:.0f} MiB.", "",
         "| method | calibration | prune time (s) | stages: time / peak RSS so far | x SparseGPT time "
-        "| peak RSS (MiB) | peak RSS / fp32 model | RSS added by pruning (MiB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| peak RSS (MiB) | peak RSS / fp32 model | (peak RSS - runtime) / fp32 model "
+        "| RSS added by pruning (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         calib = f"general {r['general'][0]}x{r['general'][1]}"
@@ -88,9 +91,13 @@ def table(results: list[dict[str, Any]], model_name: str, domain: str) -> str:
             f"| {r['method']} | {calib} | {r['seconds']:.1f} | {stages} "
             f"| {r['seconds'] / base['seconds']:.2f} "
             f"| {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / r['model_fp32_mb']:.2f} "
+            f"| {(r['peak_rss_mb'] - r['runtime_rss_mb']) / r['model_fp32_mb']:.2f} "
             f"| {r['peak_rss_mb'] - r['loaded_rss_mb']:.0f} |")
+    runtime = max(r["runtime_rss_mb"] for r in results)
     lines += ["", "Peak RSS is the process's high-water mark (interpreter, torch, tokenizer and model "
-              "included); the last column is what the prune step added above the loaded model."]
+              f"included); runtime is the RSS before the model loads ({runtime:.0f} MiB: Python, torch, "
+              "Hydra; it does not grow with the model); the last column is what the prune step added "
+              "above the loaded model."]
     return "\n".join(lines) + "\n"
 
 
