@@ -303,7 +303,7 @@ class DPruner(Pruner):
                  warmup_ratio: float = 0.1, max_grad_norm: float | None = 1.0, clip: str = "lagged",
                  blocking: bool = False, block_size: int = 128, percdamp: float = 0.01,
                  gradient_checkpointing: bool = True, buffers_on_cpu: bool = False, offload: str = "auto",
-                 offload_dir: str | None = None, loss_chunk: int | None = 256, cache_dir: str | None = None,
+                 offload_dir: str | None = None, loss_chunk: int | None = 64, cache_dir: str | None = None,
                  domain_calib: Mapping[str, Any] | None = None) -> None:
         super().__init__(sparsity, pattern, driver)
         self.importance = _choice("importance", importance, IMPORTANCE)
