@@ -19,7 +19,7 @@ import math
 import re
 import shlex
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -105,8 +105,20 @@ def _variants(cells: Sequence[Cell]) -> list[str]:
     flat = [_flatten(c.record.get("config", {})) for c in cells]
     keys = sorted({k for f in flat for k in f if not k.startswith(IGNORED)})
     differing = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
-    return [", ".join(f"{k.removeprefix('pruner.')}={f.get(k)}" for k in differing) or c.record["key"]
-            for f, c in zip(flat, cells, strict=True)]
+    # each row names only where it departs from the group's most common value (an ablation's
+    # default row stays bare); rows that would still read alike name every differing key
+    common = {}
+    for k in differing:
+        counts = Counter(repr(f.get(k)) for f in flat).most_common(2)
+        if counts[0][1] > counts[1][1]:  # a clear majority, not a tie
+            common[k] = counts[0][0]
+    short = [", ".join(f"{k.removeprefix('pruner.')}={f.get(k)}" for k in differing
+                       if repr(f.get(k)) != common.get(k)) for f in flat]
+    if len(set(short)) < len(short):
+        short = [", ".join(f"{k.removeprefix('pruner.')}={f.get(k)}" for k in differing) for f in flat]
+    if len(set(short)) < len(short):  # nothing in the config tells them apart
+        short = [c.record["key"] for c in cells]
+    return short
 
 
 def label_cells(cells: Iterable[Cell]) -> list[Cell]:

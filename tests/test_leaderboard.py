@@ -227,3 +227,17 @@ def test_mask_similarity_plot(make_tiny, tmp_path: Path, capsys: pytest.CaptureF
     assert heatmap.read_bytes()[:8] == PNG_SIGNATURE
     assert heatmap.name in (out / "legal.md").read_text(encoding="utf-8")
     assert heatmap.name in (out / "healthcare.md").read_text(encoding="utf-8")
+
+
+def test_ablation_rows_name_only_their_change(tmp_path: Path) -> None:
+    """Beside a default that most cells share, each row names only its own change; the
+    default row stays bare. A two-way tie names every differing key (tested above)."""
+    base = {"lambda_": 0.1, "epochs": 1, "blocking": False}
+    changes = [{}, {"lambda_": 1e10}, {"epochs": 2}, {"blocking": True, "lambda_": 0.0}]
+    cells = [leaderboard.to_cell(tmp_path / f"d{i}.json",
+                                 make_record(f"d{i}", "dpruner", "legal", 0.5, legal(12.0, None, 20.0),
+                                             **{**base, **change}))
+             for i, change in enumerate(changes)]
+    labels = sorted(c.label for c in leaderboard.label_cells(cells))
+    assert labels == ["dpruner", "dpruner (blocking=True, lambda_=0.0)", "dpruner (epochs=2)",
+                      "dpruner (lambda_=10000000000.0)"]
