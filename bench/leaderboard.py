@@ -112,10 +112,13 @@ def _variants(cells: Sequence[Cell]) -> list[str]:
         counts = Counter(repr(f.get(k)) for f in flat).most_common(2)
         if counts[0][1] > counts[1][1]:  # a clear majority, not a tie
             common[k] = counts[0][0]
-    short = [", ".join(f"{k.removeprefix('pruner.')}={f.get(k)}" for k in differing
-                       if repr(f.get(k)) != common.get(k)) for f in flat]
+
+    def describe(f: dict[str, Any], keys: Iterable[str]) -> str:
+        return ", ".join(f"{k.removeprefix('pruner.')}={f.get(k)}" for k in keys)
+
+    short = [describe(f, (k for k in differing if repr(f.get(k)) != common.get(k))) for f in flat]
     if len(set(short)) < len(short):
-        short = [", ".join(f"{k.removeprefix('pruner.')}={f.get(k)}" for k in differing) for f in flat]
+        short = [describe(f, differing) for f in flat]
     if len(set(short)) < len(short):  # nothing in the config tells them apart
         short = [c.record["key"] for c in cells]
     return short
