@@ -1,146 +1,147 @@
-"""Domain calibration: each domain's training items rendered as plain text through prompt
-templates (the task's input, question and answer stated in a sentence or two), then token
-windows. Only calibration splits are read; the two held-out parts that share a file with
-calibration data are excluded here: PubMedQA's official test ids and MedQuAD's perplexity slice
-(with every answer whose text repeats one of that slice)."""
+"""Calibration windows: what a method asks for and how the windows are built.
+
+A method states its needs as `WindowRequest`s by slot (`ids` for the baselines' set, `general`
+and `domain` for D-Pruner). The same requests decide which files are checked before the model
+loads, which calibration settings enter the cell's record key, and which windows are built, so
+that the rule lives in one place. Windows are `[nsamples, seqlen]` token ids drawn with the
+cell's seed from documents joined end to end (EOS between them), so a window can be longer than
+any one document."""
 
 from __future__ import annotations
 
-import json
 import random
-import re
-import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from core.data import data_path, read_jsonl, sample_windows, token_stream
+from core.data import data_path, load_texts
+from core.domain_texts import domain_texts
 from core.errors import ConfigError
 
-
-def _clean(text: str) -> str:
-    """Collapse the runs of spaces and indented line breaks that scraped sources carry."""
-    text = re.sub(r"[ \t]*\n\s*", "\n", str(text).strip())
-    return re.sub(r"[ \t]{2,}", " ", text)
+SOURCES = ("general", "domain", "mixed")
+CALIB_KEYS = ("source", "nsamples", "seqlen", "mix")  # the `calib` config group
+SLOTS = ("ids", "general", "domain")
 
 
-# --- templates: one training item -> one natural text ------------------------------------------
+@dataclass(frozen=True)
+class WindowRequest:
+    """One set of calibration windows a method reads.
 
-def pubmedqa_text(item: Mapping[str, Any]) -> str:
-    context = " ".join(item["CONTEXTS"])
-    return (f"Context: {_clean(context)}\nQuestion: {_clean(item['QUESTION'])}\n"
-            f"The answer is {item['final_decision']}. {_clean(item['LONG_ANSWER'])}")
+    `calib_keys` names the `calib.*` settings the request was made from: they, and only they,
+    enter the record key (D-Pruner's domain windows take their sizes from the pruner's own
+    options, which are in the key already)."""
 
+    source: str  # general | domain | mixed
+    nsamples: int
+    seqlen: int
+    mix: float = 0.5  # mixed: the fraction of domain windows
+    calib_keys: tuple[str, ...] = ()
 
-def meqsum_text(row: Mapping[str, Any]) -> str:
-    return (f"A patient asks: {_clean(row['CHQ'])}\n"
-            f"In short, the patient's question is: {_clean(row['Summary'])}")
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"calib.source={self.source!r}; choose one of {', '.join(SOURCES)}")
+        if self.nsamples < 1 or self.seqlen < 2:
+            raise ConfigError(f"calibration needs nsamples >= 1 and seqlen >= 2, got "
+                              f"{self.nsamples} x {self.seqlen}")
+        if self.source == "mixed" and not 0.0 <= self.mix <= 1.0:
+            raise ConfigError(f"calib.mix={self.mix!r} must be in [0, 1] (the fraction of domain windows)")
 
+    @classmethod
+    def from_calib(cls, calib: Mapping[str, Any]) -> WindowRequest:
+        """The baselines' request: every value of the `calib` group."""
+        try:
+            return cls(str(calib["source"]), int(calib["nsamples"]), int(calib["seqlen"]),
+                       float(calib.get("mix", 0.5)), CALIB_KEYS)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"calib settings must be numbers where numbers are expected ({err})") from err
 
-def rqe_text(chq: str, faq: str, entails: bool) -> str:
-    answer = "Yes" if entails else "No"
-    return (f"Question A: {_clean(chq)}\nQuestion B: {_clean(faq)}\n"
-            f"Does an answer to question B also answer question A? {answer}.")
-
-
-def medquad_text(row: Mapping[str, Any]) -> str:
-    return f"Question: {_clean(row['question'])}\nAnswer: {_clean(row['answer'])}"
-
-
-def casehold_text(row: Mapping[str, Any]) -> str:
-    """The citing passage with its correct holding written in place of the <HOLDING> mark."""
-    holding = row[f"holding_{int(row['label'])}"]
-    return _clean(row["citing_prompt"]).replace("<HOLDING>", f"({_clean(holding)})", 1)
-
-
-def billsum_text(row: Mapping[str, Any]) -> str:
-    return (f"The text of a bill follows. {_clean(row['source'])}\n"
-            f"Summary of the bill: {_clean(row['summary'])}")
-
-
-# --- readers: one source spec -> its rendered texts --------------------------------------------
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path} is not valid JSON ({err.msg})") from err
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """Which text sources the windows come from."""
+        return ("general", "domain") if self.source == "mixed" else (self.source,)
 
 
-def _pubmedqa(spec: Mapping[str, Any], root: Path) -> list[str]:
-    """PQA-L items whose id is not in the official test split (`exclude_ids`)."""
-    items = _read_json(data_path(root, spec["path"]))
-    test = set(_read_json(data_path(root, spec["exclude_ids"])))
-    return [pubmedqa_text(item) for key, item in items.items() if key not in test]
+@dataclass
+class Calibration:
+    """Token windows [n, seqlen] by slot: `ids` is the baselines' set (chosen by `calib=`);
+    D-Pruner uses `general` for its general importance and `domain` for its domain importance."""
+
+    ids: torch.Tensor | None = None
+    general: torch.Tensor | None = None
+    domain: torch.Tensor | None = None
 
 
-def _meqsum(spec: Mapping[str, Any], root: Path) -> list[str]:
-    return [meqsum_text(row) for row in read_jsonl(data_path(root, spec["path"]), ["CHQ", "Summary"])]
+def _check_slots(requests: Mapping[str, WindowRequest]) -> None:
+    unknown = set(requests) - set(SLOTS)
+    if unknown:
+        raise ValueError(f"calibration slots {sorted(unknown)} are not among {SLOTS}")
 
 
-def _rqe(spec: Mapping[str, Any], root: Path) -> list[str]:
-    path = data_path(root, spec["path"])
-    try:
-        pairs = ET.parse(path).getroot().iter("pair")
-    except ET.ParseError as err:
-        raise ConfigError(f"{path} is not valid RQE XML ({err})") from err
-    return [rqe_text(p.findtext("chq", ""), p.findtext("faq", ""), p.get("value") == "true") for p in pairs]
+def calibration_files(requests: Mapping[str, WindowRequest], general_spec: Mapping[str, Any],
+                      domain_calib: Mapping[str, Any], root: Path) -> list[Path]:
+    """Every file the requested windows are read from; a missing one raises ConfigError."""
+    _check_slots(requests)
+    wanted = {text for request in requests.values() for text in request.texts}
+    files = []
+    if "general" in wanted and not general_spec.get("hub"):
+        files.append(data_path(root, general_spec["path"]))
+    if "domain" in wanted:
+        sources = (domain_calib or {}).get("sources") or {}
+        if not sources:
+            raise ConfigError("domain.calib.sources is empty; the domain has no calibration texts")
+        for spec in sources.values():
+            files += [data_path(root, spec[key]) for key in ("path", "exclude_ids") if spec.get(key)]
+    return files
 
 
-def _medquad(spec: Mapping[str, Any], root: Path) -> list[str]:
-    """Rows outside the perplexity slice (index % skip_every == 0) and not repeating its answers."""
-    rows = read_jsonl(data_path(root, spec["path"]), ["question", "answer"])
-    every = int(spec["skip_every"])
-    if every < 1:
-        raise ConfigError(f"medquad skip_every={every} must be >= 1 (the perplexity slice's `every`)")
-    held_out = {row["answer"] for row in rows[::every]}
-    return [medquad_text(row) for index, row in enumerate(rows)
-            if index % every and row["answer"] not in held_out]
+def calibration_settings(requests: Mapping[str, WindowRequest],
+                         calib: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The `calib.*` values the cell depends on (None: it reads no calibration at all)."""
+    keys = {key for request in requests.values() for key in request.calib_keys}
+    if not keys:
+        return None
+    return {key: calib[key] for key in calib if key in keys}
 
 
-def _casehold(spec: Mapping[str, Any], root: Path) -> list[str]:
-    fields = ["citing_prompt", "label", *(f"holding_{i}" for i in range(5))]
-    return [casehold_text(row) for row in read_jsonl(data_path(root, spec["path"]), fields)]
+def token_stream(tokenizer: Any, texts: list[str], max_tokens: int | None = None) -> torch.Tensor:
+    """Concatenate documents (EOS between them) into one token sequence; stops early once
+    `max_tokens` are collected."""
+    eos = tokenizer.eos_token_id
+    pieces: list[int] = []
+    for text in texts:
+        pieces.extend(tokenizer(text, add_special_tokens=False).input_ids)
+        if eos is not None:
+            pieces.append(eos)
+        if max_tokens is not None and len(pieces) >= max_tokens:
+            break
+    return torch.tensor(pieces, dtype=torch.long)
 
 
-def _billsum(spec: Mapping[str, Any], root: Path) -> list[str]:
-    return [billsum_text(row) for row in read_jsonl(data_path(root, spec["path"]), ["source", "summary"])]
+def sample_windows(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """`nsamples` random windows of `seqlen` tokens from a token stream, seeded."""
+    if nsamples < 1 or seqlen < 2:
+        raise ConfigError(f"calibration needs nsamples>=1 and seqlen>=2, got {nsamples}x{seqlen}")
+    if stream.numel() <= seqlen:
+        raise ConfigError(f"calibration text has {stream.numel()} tokens, fewer than seqlen={seqlen}")
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, stream.numel() - seqlen, (nsamples,), generator=generator)
+    return torch.stack([stream[s : s + seqlen] for s in starts.tolist()])
 
 
-READERS: dict[str, Callable[[Mapping[str, Any], Path], list[str]]] = {
-    "pubmedqa": _pubmedqa, "meqsum": _meqsum, "rqe": _rqe, "medquad": _medquad,
-    "casehold": _casehold, "billsum": _billsum,
-}
-
-
-def _evenly(items: list[str], limit: int | None) -> list[str]:
-    """At most `limit` items spread evenly over the list (files are often sorted by topic)."""
-    if limit is None or limit >= len(items):
-        return items
-    return [items[i * len(items) // limit] for i in range(int(limit))]
-
-
-def domain_texts(calib_cfg: Mapping[str, Any], data_root: Path) -> list[str]:
-    """Every rendered calibration text of a domain (`domain.calib`), source by source."""
-    sources = calib_cfg.get("sources") or {}
-    if not sources:
-        raise ConfigError("domain.calib.sources is empty; the domain has no calibration texts")
-    texts: list[str] = []
-    for name, spec in sources.items():
-        reader = READERS.get(spec.get("format", name))
-        if reader is None:
-            raise ConfigError(f"domain.calib.sources.{name}.format={spec.get('format')!r}; "
-                              f"choose one of {sorted(READERS)}")
-        texts.extend(_evenly(reader(spec, data_root), spec.get("limit")))
-    return texts
+def general_windows(tokenizer: Any, spec: Mapping[str, Any], root: Path,
+                    nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """Open-domain windows (C4 train by default)."""
+    stream = token_stream(tokenizer, load_texts(spec, root))
+    return sample_windows(stream, nsamples, seqlen, seed)
 
 
 def domain_windows(tokenizer: Any, calib_cfg: Mapping[str, Any], data_root: Path,
                    nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """[nsamples, seqlen] windows from the domain texts, shuffled with `seed` and concatenated
-    (EOS between texts); tokenization stops at `calib_cfg.max_tokens` (bounded cost)."""
+    """Windows from the domain's rendered calibration texts, shuffled with `seed`; tokenization
+    stops at `calib_cfg.max_tokens` (bounded cost)."""
     texts = domain_texts(calib_cfg, data_root)
     random.Random(seed).shuffle(texts)
     budget = calib_cfg.get("max_tokens")
@@ -158,3 +159,21 @@ def mixed_windows(general: torch.Tensor, domain: torch.Tensor, mix: float) -> to
         raise ConfigError(f"mixed calibration needs {k} domain windows of {general.shape[1]} tokens, "
                           f"got {tuple(domain.shape)}")
     return torch.cat([domain[:k], general[: n - k]])
+
+
+def build_calibration(requests: Mapping[str, WindowRequest], tokenizer: Any,
+                      general_spec: Mapping[str, Any], domain_calib: Mapping[str, Any], root: Path,
+                      seed: int) -> Calibration:
+    """The windows of every request, each drawn with `seed`."""
+    _check_slots(requests)
+    calibration = Calibration()
+    for slot, request in requests.items():
+        n, seqlen = request.nsamples, request.seqlen
+        general = domain = None
+        if "general" in request.texts:
+            general = general_windows(tokenizer, general_spec, root, n, seqlen, seed)
+        if "domain" in request.texts:
+            domain = domain_windows(tokenizer, domain_calib, root, n, seqlen, seed)
+        windows = mixed_windows(general, domain, request.mix) if request.source == "mixed" else general
+        setattr(calibration, slot, domain if request.source == "domain" else windows)
+    return calibration

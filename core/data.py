@@ -1,5 +1,6 @@
-"""Text sources: the data root, file readers with clear errors, general calibration windows and
-the perplexity texts. Calibration readers and evaluation readers never share a file."""
+"""Text sources: the data root, file readers with clear errors, and plain-text documents (the
+general calibration text and the perplexity texts). Calibration readers and evaluation readers
+never share a file."""
 
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from core.errors import ConfigError
+from core.paths import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_ROOT_ENV = "DPB_DATA_ROOT"
 
 
@@ -82,35 +81,3 @@ def _hub_texts(hub: Mapping[str, Any]) -> list[str]:
 
     dataset = datasets.load_dataset(hub["id"], hub.get("name"), split=hub.get("split", "test"))
     return [str(t) for t in dataset[hub.get("field", "text")] if str(t).strip()]
-
-
-def token_stream(tokenizer: Any, texts: list[str], max_tokens: int | None = None) -> torch.Tensor:
-    """Concatenate documents (EOS between them) into one token sequence, so windows can be
-    longer than any single document; stops early once `max_tokens` are collected."""
-    eos = tokenizer.eos_token_id
-    pieces: list[int] = []
-    for text in texts:
-        pieces.extend(tokenizer(text, add_special_tokens=False).input_ids)
-        if eos is not None:
-            pieces.append(eos)
-        if max_tokens is not None and len(pieces) >= max_tokens:
-            break
-    return torch.tensor(pieces, dtype=torch.long)
-
-
-def sample_windows(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """`nsamples` random windows of `seqlen` tokens from a token stream, seeded."""
-    if nsamples < 1 or seqlen < 2:
-        raise ConfigError(f"calibration needs nsamples>=1 and seqlen>=2, got {nsamples}x{seqlen}")
-    if stream.numel() <= seqlen:
-        raise ConfigError(f"calibration text has {stream.numel()} tokens, fewer than seqlen={seqlen}")
-    generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, stream.numel() - seqlen, (nsamples,), generator=generator)
-    return torch.stack([stream[s : s + seqlen] for s in starts.tolist()])
-
-
-def general_calibration(tokenizer: Any, spec: Mapping[str, Any], root: Path,
-                        nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """Open-domain calibration windows (C4 train by default), shape [nsamples, seqlen]."""
-    stream = token_stream(tokenizer, load_texts(spec, root))
-    return sample_windows(stream, nsamples, seqlen, seed)

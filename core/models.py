@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from core.errors import ConfigError
+from core.files import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +80,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         del config.quantization_config
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(source.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        staged = Path(tmp) / "model"
+    with atomic_dir(target, replace=False) as staged:  # another process may finish first: keep its copy
         fresh.save_pretrained(staged)
         tokenizer.save_pretrained(staged)
-        if target.exists():  # another process finished first
-            return
-        os.replace(staged, target)
 
 
 def _pretrained_location(cfg: Any) -> str:

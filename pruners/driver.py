@@ -25,14 +25,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruners.base import (
-    DriverSettings,
-    MatrixReport,
-    decoder_layers,
-    model_linears,
-    peak_memory_mb,
-    prunable_linears,
-)
+from core.memory import peak_memory_mb
+from core.structure import decoder_layers, model_linears, prunable_linears
+from pruners.base import DriverSettings, MatrixReport
 
 
 class LayerwiseMethod(Protocol):
@@ -209,12 +204,7 @@ def run_layerwise(model: nn.Module, ids: torch.Tensor, method: LayerwiseMethod,
                 error = relative_error(collector.sample_for(name), linear.weight.data, new)
                 linear.weight.data.copy_(new.to(linear.weight.dtype))
                 changed = True
-            weight = linear.weight.data
-            reports.append(MatrixReport(
-                name=full_name, shape=tuple(weight.shape),
-                sparsity=float((weight == 0).sum()) / weight.numel(), error=error,
-                seconds=time.perf_counter() - start, peak_mem_mb=peak_memory_mb(device), notes=notes,
-            ))
+            reports.append(MatrixReport.since(start, full_name, linear.weight, error, notes))
         del collector
         if settings.propagate == "pruned" and changed:
             outputs = [call.run(layer, h) for h, call in zip(hiddens, calls[index], strict=True)]

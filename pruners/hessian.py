@@ -1,4 +1,5 @@
-"""Damped inverses of the layer Hessian, shared by SparseGPT and D-Pruner's general importance.
+"""The layer-wise OBS Hessian H = 2XX^T/n and its damped inverse, shared by SparseGPT and
+D-Pruner's general importance.
 
 Dead inputs (diag H = 0) get diag 1 (their weights are zeroed by the caller). Dampening adds
 `percdamp * mean(diag H)` to the diagonal; when a Cholesky factorization fails it is retried with
@@ -10,6 +11,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+
+
+class Hessian:
+    """H = 2 X X^T / n over calibration tokens, accumulated batch by batch (a driver statistic)."""
+
+    def __init__(self, columns: int, device: torch.device) -> None:
+        self.sums = torch.zeros(columns, columns, dtype=torch.float32, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.sums.addmm_(x.t(), x)
+        self.tokens += x.shape[0]
+
+    def matrix(self) -> torch.Tensor:
+        return self.sums * (2.0 / max(self.tokens, 1))
 
 
 @dataclass

@@ -8,35 +8,9 @@ from __future__ import annotations
 import torch
 
 from core.errors import ConfigError
+from pruners.pattern import Pattern
 
 GROUPS = ("matrix", "row", "block")
-
-
-def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """`unstructured` -> None; `N:M` -> (N, M) with 0 < N < M."""
-    if pattern == "unstructured":
-        return None
-    parts = str(pattern).split(":")
-    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
-        n, m = int(parts[0]), int(parts[1])
-        if 0 < n < m:
-            return n, m
-    raise ConfigError(
-        f"pattern={pattern!r} is not valid; use 'unstructured' or 'N:M' with 0 < N < M (e.g. 2:4, 4:8)"
-    )
-
-
-def check_sparsity(sparsity: float) -> float:
-    value = float(sparsity)
-    if not 0.0 <= value < 1.0:
-        raise ConfigError(f"sparsity={sparsity!r} is outside [0, 1); e.g. sparsity=0.5")
-    return value
-
-
-def pattern_sparsity(pattern: str, sparsity: float) -> float:
-    """The sparsity a pattern actually gives (N:M fixes it at 1 - N/M)."""
-    nm = parse_pattern(pattern)
-    return sparsity if nm is None else 1.0 - nm[0] / nm[1]
 
 
 def prune_count(n: int, sparsity: float) -> int:
@@ -79,10 +53,9 @@ def unstructured_mask(score: torch.Tensor, sparsity: float, group: str = "matrix
     raise ConfigError(f"mask group {group!r} is not valid; choose one of {GROUPS}")
 
 
-def select_mask(score: torch.Tensor, sparsity: float, pattern: str = "unstructured",
+def select_mask(score: torch.Tensor, sparsity: float, pattern: Pattern | None = None,
                 group: str = "matrix", block: int = 128) -> torch.Tensor:
-    """The keep-mask for a score matrix [out, in] under a pattern."""
-    nm = parse_pattern(pattern)
-    if nm is not None:
-        return nm_mask(score, *nm)
+    """The keep-mask for a score matrix [out, in] under a pattern (None: unstructured)."""
+    if pattern is not None and pattern.structured:
+        return nm_mask(score, pattern.n, pattern.m)
     return unstructured_mask(score, sparsity, group, block)

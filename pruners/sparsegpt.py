@@ -10,47 +10,56 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.calibration import Calibration
+from core.checks import as_float, as_int
 from core.errors import ConfigError
-from pruners.base import Calibration, MatrixReport, Pruner, register
+from pruners.base import MatrixReport, Pruner, register
 from pruners.driver import run_layerwise
-from pruners.hessian import damped_inverse, exact_matmul
-from pruners.masks import nm_mask, parse_pattern, unstructured_mask
-from pruners.stats import Hessian
+from pruners.hessian import Hessian, damped_inverse, exact_matmul
+from pruners.masks import nm_mask, unstructured_mask
+from pruners.pattern import Pattern
 
 
 @torch.no_grad()
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
-                    pattern: str = "unstructured", blocksize: int = 128,
+                    pattern: Pattern | None = None, blocksize: int = 128,
                     percdamp: float = 0.01) -> tuple[torch.Tensor, dict]:
     """Return (pruned and compensated weight in fp32, notes)."""
-    nm = parse_pattern(pattern)
+    pattern = pattern or Pattern()
     with exact_matmul():
         W = weight.detach().float().clone()
         inverse = damped_inverse(hessian, percdamp)
         W[:, inverse.dead] = 0
+        # U is the upper Cholesky factor of H^-1: row i of U, scaled by 1/U_ii, is the OBS update
+        # that removing column i's weight makes to the columns after it, given the columns
+        # before i are already fixed. U_ii^2 plays the role of [H^-1]_ii in the OBS score.
         U = inverse.upper
         columns = W.shape[1]
         keep = torch.ones_like(W, dtype=torch.bool)
         for start in range(0, columns, blocksize):
             end = min(start + blocksize, columns)
-            W1 = W[:, start:end].clone()
+            W1 = W[:, start:end].clone()  # this block's weights, updated in place as columns go
             U1 = U[start:end, start:end]
             d = torch.diagonal(U1)
-            errors = torch.zeros_like(W1)
-            if nm is None:
+            errors = torch.zeros_like(W1)  # scaled errors of this block, for the lazy update below
+            if not pattern.structured:  # adaptive mask: chosen once per block on its current weights
                 keep[:, start:end] = unstructured_mask(W1.pow(2) / d.pow(2).unsqueeze(0), sparsity)
             for i in range(end - start):
-                if nm is not None and i % nm[1] == 0:
-                    group = slice(i, i + nm[1])
+                if pattern.structured and i % pattern.m == 0:  # N:M: each group chosen as it starts
+                    group = slice(i, i + pattern.m)
                     score = W1[:, group].pow(2) / d[group].pow(2).unsqueeze(0)
-                    keep[:, start + i : start + i + nm[1]] = nm_mask(score, *nm)
+                    keep[:, start + i : start + i + pattern.m] = nm_mask(score, pattern.n, pattern.m)
                 w = W1[:, i]
-                q = w * keep[:, start + i]
-                err = (w - q) / d[i]
+                q = w * keep[:, start + i]  # column i after pruning (kept weights unchanged)
+                err = (w - q) / d[i]  # the OBS error of each row's removed weight, scaled by 1/U_ii
+                # compensate: move the block's later columns along row i of U so that the layer
+                # output changes as little as possible given what was removed
                 W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
                 W1[:, i] = q
                 errors[:, i] = err
             W[:, start:end] = W1
+            # lazy batch update: the same compensation for every column after the block, in one
+            # matrix product instead of one rank-1 update per column
             W[:, end:] -= errors @ U[start:end, end:]
     notes = {"percdamp": inverse.percdamp, "damp_retries": inverse.retries,
              "dead_inputs": int(inverse.dead.sum())}
@@ -59,20 +68,15 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
 
 @register("sparsegpt")
 class SparseGPT(Pruner):
-    needs = frozenset({"ids"})
+    calibrated = True
 
     def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
                  blocksize: int = 128, percdamp: float = 0.01) -> None:
         super().__init__(sparsity, pattern, driver)
-        if int(blocksize) < 1:
-            raise ConfigError(f"pruner.blocksize={blocksize!r} must be >= 1")
-        if not 0 < float(percdamp) < 1:
-            raise ConfigError(f"pruner.percdamp={percdamp!r} must be in (0, 1)")
-        nm = parse_pattern(self.pattern)
-        if nm is not None and int(blocksize) % nm[1]:
-            raise ConfigError(f"pruner.blocksize={blocksize} must be a multiple of M for {pattern}")
-        self.blocksize = int(blocksize)
-        self.percdamp = float(percdamp)
+        self.blocksize = as_int("pruner.blocksize", blocksize, 1)
+        self.percdamp = as_float("pruner.percdamp", percdamp, 0.0, 1.0, open_low=True, open_high=True)
+        if self.pattern.structured and self.blocksize % self.pattern.m:
+            raise ConfigError(f"pruner.blocksize={blocksize} must be a multiple of M for {self.pattern}")
 
     def make_stats(self, columns: int, device: torch.device) -> Hessian:
         return Hessian(columns, device)

@@ -5,10 +5,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pruners.base import Calibration, MatrixReport, Pruner, register
+from core.calibration import Calibration
+from pruners.base import MatrixReport, Pruner, register
 from pruners.driver import run_layerwise
 from pruners.masks import select_mask
-from pruners.stats import ColumnSquares
+from pruners.pattern import Pattern
+
+
+class ColumnSquares:
+    """Sum over calibration tokens of x_j^2 per input feature (Wanda's ||X_j||_2^2)."""
+
+    def __init__(self, columns: int, device: torch.device) -> None:
+        self.sums = torch.zeros(columns, dtype=torch.float32, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.sums += x.pow(2).sum(dim=0)
+        self.tokens += x.shape[0]
+
+    def norms(self) -> torch.Tensor:
+        return self.sums.sqrt()
 
 
 def wanda_score(weight: torch.Tensor, column_norms: torch.Tensor) -> torch.Tensor:
@@ -16,13 +33,13 @@ def wanda_score(weight: torch.Tensor, column_norms: torch.Tensor) -> torch.Tenso
 
 
 def wanda_mask(weight: torch.Tensor, column_norms: torch.Tensor, sparsity: float,
-               pattern: str) -> torch.Tensor:
+               pattern: Pattern) -> torch.Tensor:
     return select_mask(wanda_score(weight, column_norms), sparsity, pattern, group="row")
 
 
 @register("wanda")
 class Wanda(Pruner):
-    needs = frozenset({"ids"})
+    calibrated = True
 
     def make_stats(self, columns: int, device: torch.device) -> ColumnSquares:
         return ColumnSquares(columns, device)

@@ -11,18 +11,19 @@ import torch
 from omegaconf import OmegaConf
 
 from core.calibration import (
-    billsum_text,
-    casehold_text,
-    domain_texts,
+    WindowRequest,
+    build_calibration,
+    calibration_files,
+    calibration_settings,
     domain_windows,
-    meqsum_text,
+    general_windows,
     mixed_windows,
-    pubmedqa_text,
-    rqe_text,
 )
-from core.data import PROJECT_ROOT, read_jsonl, resolve_data_root
+from core.data import read_jsonl, resolve_data_root
+from core.domain_texts import billsum_text, casehold_text, domain_texts, meqsum_text, pubmedqa_text, rqe_text
 from core.errors import ConfigError
 from core.models import load_tokenizer
+from core.paths import PROJECT_ROOT
 
 ROOT = resolve_data_root(None)
 
@@ -135,3 +136,27 @@ def test_bad_sources_are_config_errors(tmp_path: Path):
         domain_texts({"sources": {"casehold": {"path": "legal/casehold/missing.jsonl"}}}, ROOT)
     with pytest.raises(ConfigError, match="empty"):
         domain_texts({"sources": {}}, ROOT)
+
+
+def test_requests_build_the_windows_files_and_key_settings(tokenizer):
+    """One request per slot: the same windows as the window builders, the files they read, and
+    only the calib settings they were made from."""
+    config = OmegaConf.load(PROJECT_ROOT / "conf/config.yaml")
+    general_spec, domain_calib = config.data.general.calib, calib_cfg("legal")
+    calib = {"source": "mixed", "nsamples": 4, "seqlen": 32, "mix": 0.5}
+    requests = {"ids": WindowRequest.from_calib(calib),
+                "domain": WindowRequest("domain", 3, 16)}
+    built = build_calibration(requests, tokenizer, general_spec, domain_calib, ROOT, seed=1)
+    general = general_windows(tokenizer, general_spec, ROOT, 4, 32, 1)
+    domain = domain_windows(tokenizer, domain_calib, ROOT, 4, 32, 1)
+    assert torch.equal(built.ids, mixed_windows(general, domain, 0.5))
+    assert torch.equal(built.domain, domain_windows(tokenizer, domain_calib, ROOT, 3, 16, 1))
+    assert built.general is None
+    files = {p.name for p in calibration_files(requests, general_spec, domain_calib, ROOT)}
+    assert files == {"c4_train_shard00000_first1000.jsonl", "train.jsonl", "calibration_200.jsonl"}
+    assert calibration_settings(requests, calib) == calib
+    assert calibration_settings({"domain": requests["domain"]}, calib) is None
+    with pytest.raises(ConfigError, match="calib.source='c4'"):
+        WindowRequest.from_calib({**calib, "source": "c4"})
+    with pytest.raises(ConfigError, match="whole number|numbers"):
+        WindowRequest.from_calib({**calib, "nsamples": "abc"})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.calibration import Calibration
 from core.errors import ConfigError
-from pruners import Calibration, build
-from pruners.base import DriverSettings, decoder_layers, model_linears, prunable_linears
+from core.structure import decoder_layers, model_linears, prunable_linears
+from pruners import DriverSettings, build
 from pruners.driver import capture
+from pruners.pattern import Pattern
 from pruners.wanda import wanda_mask
 from tests.conftest import FAMILIES
 
@@ -49,8 +51,7 @@ def test_layerwise_methods_prune_every_family(family: str, method: str, make_tin
     for report, linear in zip(reports, linears.values(), strict=True):
         rows, cols = linear.weight.shape  # widths here are even and at most one 128-column block
         assert int((linear.weight == 0).sum()) == rows * cols // 2
-        assert report.sparsity == 0.5
-        assert report.error is not None and report.error >= 0
+        assert report.error is not None and report.error > 0
 
 
 def test_model_without_linear_layers_is_refused(make_tiny, calib_ids) -> None:
@@ -73,7 +74,7 @@ def test_first_layer_wanda_mask_equals_independent_computation(make_tiny, calib_
     build("wanda", sparsity=0.5, driver=QUIET).prune(model, Calibration(ids=calib_ids), CPU)
     for name, linear in prunable_linears(layer).items():
         x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[name]])
-        expected = wanda_mask(dense[name], x.pow(2).sum(0).sqrt(), 0.5, "unstructured")
+        expected = wanda_mask(dense[name], x.pow(2).sum(0).sqrt(), 0.5, Pattern())
         assert torch.equal(linear.weight != 0, expected & (dense[name] != 0))
 
 
@@ -82,13 +83,6 @@ def masks_after(method: str, propagate: str, make_tiny, ids: torch.Tensor) -> di
     driver = DriverSettings(propagate=propagate, progress=False, batch_size=4)
     build(method, sparsity=0.5, driver=driver).prune(model, Calibration(ids=ids), CPU)
     return {name: linear.weight.detach().clone() for name, linear in model_linears(model).items()}
-
-
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "magnitude"])
-def test_same_seed_same_weights(method: str, make_tiny, calib_ids) -> None:
-    first = masks_after(method, "pruned", make_tiny, calib_ids)
-    second = masks_after(method, "pruned", make_tiny, calib_ids)
-    assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_propagate_dense_differs_from_pruned(make_tiny, calib_ids) -> None:
@@ -100,10 +94,29 @@ def test_propagate_dense_differs_from_pruned(make_tiny, calib_ids) -> None:
     assert any(not torch.equal(pruned[k] != 0, dense[k] != 0) for k in later)
 
 
-def test_offload_gives_the_same_result(make_tiny, calib_ids) -> None:
+def test_offload_moves_one_layer_at_a_time_and_gives_the_same_result(make_tiny, calib_ids,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model waits on the CPU while each layer visits the device in turn. The device here is
+    `cpu:0`, a distinct device object that holds tensors on the CPU, so every move is seen."""
     model = make_tiny("llama")
+    layers = list(decoder_layers(model))
+    names = {id(model): "model", **{id(layer): f"layer{i}" for i, layer in enumerate(layers)}}
+    moves: list[tuple[str, str]] = []
+    move = torch.nn.Module.to
+
+    def spy(self: torch.nn.Module, *args, **kwargs) -> torch.nn.Module:
+        if id(self) in names:
+            moves.append((names[id(self)], repr(torch.device(args[0]))))
+        return move(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", spy)
     driver = DriverSettings(offload=True, progress=False, batch_size=4)
-    build("wanda", sparsity=0.5, driver=driver).prune(model, Calibration(ids=calib_ids), CPU)
+    pruner = build("wanda", sparsity=0.5, driver=driver)
+    pruner.prune(model, Calibration(ids=calib_ids), torch.device("cpu", 0))
+    monkeypatch.undo()
+    visit, home = repr(torch.device("cpu", 0)), repr(torch.device("cpu"))
+    assert moves == [("model", home)] + [m for i in range(len(layers)) for m in
+                                         ((f"layer{i}", visit), (f"layer{i}", home))]
     reference = masks_after("wanda", "pruned", make_tiny, calib_ids)
     assert all(torch.equal(w.weight, reference[k]) for k, w in model_linears(model).items())
 

@@ -17,9 +17,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from core.paths import CONF_DIR, PROJECT_ROOT
 from hydra_plugins.dpruner_bench_grid import union_of_grids
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model=tiny-llama", "eval=smoke", "calib.nsamples=2", "calib.seqlen=64", "driver.progress=false"]
 REAL_CACHE = os.environ.get("DPB_CACHE_DIR", str(Path("~/.cache/dpruner-bench").expanduser()))
 
@@ -39,7 +39,7 @@ def command(tmp: Path, results: Path, *overrides: str) -> list[str]:
 
 def run_py(tmp: Path, results: Path, *overrides: str, env: dict[str, str] | None = None,
            timeout: int = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(command(tmp, results, *overrides), cwd=ROOT, env=env or environment(),
+    result = subprocess.run(command(tmp, results, *overrides), cwd=PROJECT_ROOT, env=env or environment(),
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
@@ -68,7 +68,7 @@ def no_leftovers(results: Path) -> None:
 # ------------------------------------------------------------------------------------ presets
 
 def expand(preset: str, *extra: str) -> list[list[str]]:
-    sweeper = OmegaConf.load(ROOT / "conf" / "experiment" / f"{preset}.yaml").hydra.sweeper
+    sweeper = OmegaConf.load(CONF_DIR / "experiment" / f"{preset}.yaml").hydra.sweeper
     parser = OverridesParser.create()
     shared = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     overrides = parser.parse_overrides([*shared, f"+experiment={preset}", *extra])
@@ -77,19 +77,20 @@ def expand(preset: str, *extra: str) -> list[list[str]]:
 
 @pytest.mark.parametrize(("preset", "cells"), [("leaderboard", 42), ("leaderboard_cpu", 22)])
 def test_presets_are_unique_cells(preset: str, cells: int) -> None:
-    """Every job composes, has its own record key (no cell runs twice) and a W&B group."""
+    """Every job composes and validates as run.py sees it, has its own record key (no cell runs
+    twice) and a W&B group."""
     import run
 
     jobs = expand(preset)
     keys, coordinates = set(), set()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for job in jobs:
             cfg = compose(config_name="config", overrides=job)
-            pruner = run.build_pruner(cfg.pruner)
-            config = run.cell_config(cfg, pruner)
-            keys.add(run.record_key(config))
-            calib = config.get("calib", {}).get("source")
-            coordinates.add((pruner.name, cfg.domain.name, config["sparsity"], config["pattern"], calib))
+            cell = run.validate(cfg)
+            config = cell.config
+            keys.add(cell.key)
+            calib = (config.get("calib") or {}).get("source")
+            coordinates.add((cell.pruner.name, cfg.domain.name, config["sparsity"], config["pattern"], calib))
             assert cfg.logger.group.startswith(f"{preset}-"), cfg.logger.group
             assert config["pattern"] == "unstructured" or config["sparsity"] == 0.5
     assert len(jobs) == len(keys) == len(coordinates) == cells
@@ -120,7 +121,7 @@ def test_grid_killed_mid_cell_resumes_with_every_record_once(tmp_path: Path) -> 
     # The grid runs its cells in order (magnitude first); kill it once Wanda is pruning.
     args = command(tmp_path, results, *grid)
     args[args.index("driver.progress=false")] = "driver.progress=true"  # the progress bar is the marker
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     seen, deadline = b"", time.monotonic() + 240
     try:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from pruners.lm_loss import NextTokenLoss
+from pruners.dpruner.lm_loss import NextTokenLoss
 
 
 def test_chunked_loss_equals_the_models_loss(make_tiny, calib_ids):

@@ -7,7 +7,8 @@ import torch
 
 from core.errors import ConfigError
 from pruners.magnitude import magnitude_mask
-from pruners.masks import parse_pattern, select_mask
+from pruners.masks import select_mask
+from pruners.pattern import Pattern
 from pruners.wanda import wanda_mask
 
 
@@ -22,7 +23,7 @@ def brute_force_keep(scores: list[float], prune: int) -> list[bool]:
 def test_magnitude_matches_brute_force(sparsity: float) -> None:
     torch.manual_seed(1)
     weight = torch.randn(6, 10).round(decimals=1)  # rounding makes many ties
-    keep = magnitude_mask(weight, sparsity, "unstructured", "per_matrix")
+    keep = magnitude_mask(weight, sparsity, Pattern(), "per_matrix")
     flat = weight.abs().flatten().tolist()
     expected = brute_force_keep(flat, round(sparsity * len(flat)))
     assert keep.flatten().tolist() == expected
@@ -31,7 +32,7 @@ def test_magnitude_matches_brute_force(sparsity: float) -> None:
 def test_magnitude_per_row_matches_brute_force() -> None:
     torch.manual_seed(2)
     weight = torch.randn(5, 8).round(decimals=1)
-    keep = magnitude_mask(weight, 0.5, "unstructured", "per_row")
+    keep = magnitude_mask(weight, 0.5, Pattern(), "per_row")
     for row in range(5):
         assert keep[row].tolist() == brute_force_keep(weight[row].abs().tolist(), 4)
 
@@ -42,7 +43,7 @@ def test_wanda_matches_brute_force(sparsity: float) -> None:
     weight = torch.randn(7, 12)
     inputs = torch.randn(40, 12) * torch.linspace(0.1, 3.0, 12)
     norms = inputs.pow(2).sum(0).sqrt()
-    keep = wanda_mask(weight, norms, sparsity, "unstructured")
+    keep = wanda_mask(weight, norms, sparsity, Pattern())
     for row in range(7):
         scores = [abs(float(weight[row, j])) * float(norms[j]) for j in range(12)]
         assert keep[row].tolist() == brute_force_keep(scores, round(sparsity * 12))
@@ -50,10 +51,10 @@ def test_wanda_matches_brute_force(sparsity: float) -> None:
 
 @pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4"])
 def test_nm_groups_exact(pattern: str) -> None:
-    n, m = parse_pattern(pattern)
+    n, m = Pattern.parse(pattern).n, Pattern.parse(pattern).m
     torch.manual_seed(4)
     score = torch.randn(9, 32).abs()
-    keep = select_mask(score, 0.5, pattern)
+    keep = select_mask(score, 0.5, Pattern.parse(pattern))
     groups = keep.reshape(9, 32 // m, m)
     assert bool((groups.sum(-1) == n).all())
     for row in range(9):
@@ -88,9 +89,9 @@ def test_all_ties_are_deterministic() -> None:
 @pytest.mark.parametrize("bad", ["3:2", "2:x", "0:4", "4:4", "2-4", ""])
 def test_bad_patterns_rejected(bad: str) -> None:
     with pytest.raises(ConfigError, match="pattern"):
-        parse_pattern(bad)
+        Pattern.parse(bad)
 
 
 def test_nm_needs_divisible_width() -> None:
     with pytest.raises(ConfigError, match="multiple of 4"):
-        select_mask(torch.rand(2, 6), 0.5, "2:4")
+        select_mask(torch.rand(2, 6), 0.5, Pattern.parse("2:4"))

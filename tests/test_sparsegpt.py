@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from pruners.driver import relative_error
-from pruners.hessian import damped_inverse
+from pruners.hessian import Hessian, damped_inverse
 from pruners.magnitude import magnitude_mask
+from pruners.pattern import Pattern
 from pruners.sparsegpt import sparsegpt_prune
-from pruners.stats import ColumnSquares, Hessian
-from pruners.wanda import wanda_mask
+from pruners.wanda import ColumnSquares, wanda_mask
 
 
 def correlated_inputs(tokens: int, columns: int, seed: int = 0) -> torch.Tensor:
@@ -31,8 +31,9 @@ def layer_case(rows: int = 24, columns: int = 64, tokens: int = 512):
     return weight, x, hessian, squares
 
 
-@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-def test_sparsegpt_error_below_wanda_and_magnitude(pattern: str) -> None:
+@pytest.mark.parametrize("text", ["unstructured", "2:4"])
+def test_sparsegpt_error_below_wanda_and_magnitude(text: str) -> None:
+    pattern = Pattern.parse(text)
     weight, x, hessian, squares = layer_case()
     pruned, _ = sparsegpt_prune(weight, hessian.matrix(), 0.5, pattern, blocksize=32)
     wanda = weight * wanda_mask(weight, squares.norms(), 0.5, pattern)
@@ -51,7 +52,7 @@ def test_sparsegpt_exact_sparsity_per_block() -> None:
 
 def test_sparsegpt_nm_per_group() -> None:
     weight, _, hessian, _ = layer_case()
-    pruned, _ = sparsegpt_prune(weight, hessian.matrix(), 0.5, "2:4", blocksize=32)
+    pruned, _ = sparsegpt_prune(weight, hessian.matrix(), 0.5, Pattern.parse("2:4"), blocksize=32)
     assert bool(((pruned != 0).reshape(24, 16, 4).sum(-1) == 2).all())
 
 

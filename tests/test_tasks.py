@@ -62,16 +62,30 @@ def first_doc(manager: TaskManager, name: str):
     return task, task.dataset["test"][0]
 
 
-def test_rqe_prompt(manager):
-    task, doc = first_doc(manager, "rqe")
-    assert len(task.dataset["test"]) == 230
-    assert task.doc_to_text(doc) == (
-        "Say true if an answer to the frequently asked question would also answer the patient's question, "
-        "at least in part, and false otherwise.\n\n"
-        "Patient's question: atypical pnuemonia.    what is the possibility of atypical pneumonia occurring "
-        "again less than a month after treatment?\n"
-        "Frequently asked question: What are the possible treatments for atypical pneumonia ?\nAnswer:")
-    assert task.doc_to_choice(doc) == ["true", "false"] and task.doc_to_target(doc) == 1  # value="false"
+FIRST_PROMPTS = {  # task: (items, the first doc's prompt, its target)
+    "rqe": (230, "Say true if an answer to the frequently asked question would also answer the patient's "
+            "question, at least in part, and false otherwise.\n\n"
+            "Patient's question: atypical pnuemonia.    what is the possibility of atypical pneumonia "
+            "occurring again less than a month after treatment?\n"
+            "Frequently asked question: What are the possible treatments for atypical pneumonia ?\nAnswer:",
+            1),  # value="false"
+    "hqs": (100, "A patient sent the following message.\n\nMessage: 23 surgeries and counting......lower lip "
+            "birthmark, have tried all options out the there and guess what still have it, continues to grow "
+            "back.....any suggestions? Is there a cure coming in the next few years hopefully?\n\n"
+            "In one short sentence, the patient's question is:",
+            "How can i get rid of a lower lip birthmark permanently?"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIRST_PROMPTS))
+def test_first_prompt(manager, name):
+    items, prompt, target = FIRST_PROMPTS[name]
+    task, doc = first_doc(manager, name)
+    assert len(task.dataset["test"]) == items
+    assert task.doc_to_text(doc) == prompt
+    assert task.doc_to_target(doc) == target
+    if name == "rqe":
+        assert task.doc_to_choice(doc) == ["true", "false"]
 
 
 def test_pubmedqa_prompt_and_order(manager):
@@ -94,36 +108,30 @@ def test_mednli_from_a_user_file(manager):
     assert task.doc_to_choice(doc)[task.doc_to_target(doc)] == "contradiction"
 
 
-def test_hqs_prompt(manager):
-    task, doc = first_doc(manager, "hqs")
-    assert len(task.dataset["test"]) == 100
-    assert task.doc_to_text(doc) == (
-        "A patient sent the following message.\n\nMessage: 23 surgeries and counting......lower lip "
-        "birthmark, have tried all options out the there and guess what still have it, continues to grow "
-        "back.....any suggestions? Is there a cure coming in the next few years hopefully?\n\n"
-        "In one short sentence, the patient's question is:")
-    assert task.doc_to_target(doc) == "How can i get rid of a lower lip birthmark permanently?"
+PROMPT_ENDS = {  # task: (items, how the first doc's prompt starts, how it ends)
+    "casehold": (200, "Read the excerpt from a court opinion and state the holding of the case cited "
+                 "where it says <HOLDING>.\n\nExcerpt: legal remedy. Riverwoods, L.L.C.",
+                 "the 2004 habeas petition became\nCited holding:"),
+    "billsum": (200, "Read the text of a United States bill and summarize what it does in a few sentences."
+                "\n\nBill: To provide for reliquidation of entries prematurely", "\nSummary:"),
+}
 
 
-def test_casehold_prompt(manager):
-    task, doc = first_doc(manager, "casehold")
-    assert len(task.dataset["test"]) == 200
+@pytest.mark.parametrize("name", sorted(PROMPT_ENDS))
+def test_legal_prompts(manager, name):
+    items, start, end = PROMPT_ENDS[name]
+    task, doc = first_doc(manager, name)
+    assert len(task.dataset["test"]) == items
     text = task.doc_to_text(doc)
-    assert text.startswith("Read the excerpt from a court opinion and state the holding of the case cited "
-                           "where it says <HOLDING>.\n\nExcerpt: legal remedy. Riverwoods, L.L.C.")
-    assert text.endswith("the 2004 habeas petition became\nCited holding:")
+    assert text.startswith(start) and text.endswith(end)
+
+
+def test_casehold_choices_and_billsum_target(manager):
+    task, doc = first_doc(manager, "casehold")
     choices = task.doc_to_choice(doc)
     assert len(choices) == 5 and task.doc_to_target(doc) == 2
     assert choices[2] == "holding a party seeking mandamus must serve the party against whom relief is sought"
-
-
-def test_billsum_prompt(manager):
     task, doc = first_doc(manager, "billsum")
-    assert len(task.dataset["test"]) == 200
-    text = task.doc_to_text(doc)
-    assert text.startswith("Read the text of a United States bill and summarize what it does in a few "
-                           "sentences.\n\nBill: To provide for reliquidation of entries prematurely")
-    assert text.endswith("\nSummary:")
     assert task.doc_to_target(doc).startswith("Requires the Customs Service to reliquidate certain entries")
 
 

@@ -7,7 +7,6 @@ A source spec is a mapping with absolute paths (`path`, and for PubMedQA `split`
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from core.data import read_jsonl
 from core.errors import ConfigError
+from core.files import read_json
 
 Doc = dict[str, Any]
 
@@ -22,14 +22,6 @@ PUBMEDQA_CHOICES = ("yes", "no", "maybe")
 RQE_CHOICES = ("true", "false")
 MEDNLI_CHOICES = ("entailment", "contradiction", "neutral")
 RQE_LAYOUT = '<pair pid="..." value="true|false"><chq>...</chq><faq>...</faq></pair>'
-
-
-def _load_json(path: Path, expected: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path} is not readable JSON ({err}); expected {expected}") from err
 
 
 def _label(path: Path, value: Any, choices: tuple[str, ...], where: str) -> int:
@@ -58,7 +50,7 @@ def pubmedqa(spec: Mapping[str, Any]) -> list[Doc]:
     would make every small subset all-"yes". A hub set (pubid, question, context.contexts,
     final_decision) is restricted to the split's ids when a split file is given."""
     split = Path(spec["split"]) if spec.get("split") else None
-    answers = _load_json(split, "an object id -> yes/no/maybe") if split else None
+    answers = read_json(split, "an object id -> yes/no/maybe") if split else None
     if spec.get("hub"):
         hub = Path(spec["hub"]["id"])
         rows = [row for row in _hub_rows(spec["hub"]) if answers is None or str(row["pubid"]) in answers]
@@ -66,7 +58,7 @@ def pubmedqa(spec: Mapping[str, Any]) -> list[Doc]:
                               _label(hub, row["final_decision"], PUBMEDQA_CHOICES, f"pubid {row['pubid']}"))
                 for row in rows]
     path = Path(spec["path"])
-    entries = _load_json(path, "an object id -> {QUESTION, CONTEXTS}")
+    entries = read_json(path, "an object id -> {QUESTION, CONTEXTS}")
     if not isinstance(answers, dict) or not isinstance(entries, dict):
         raise ConfigError(f"{path} and {split} must be JSON objects keyed by PubMed id")
     missing = [pid for pid in answers if pid not in entries]

@@ -4,8 +4,8 @@ pruned model's domain and general perplexities are. One process, the model loade
 restored between cells; G is computed once (the pruner's cache). Rerunning the same command
 after a kill resumes: the cells already in the output file are kept and skipped.
 
-    python -m bench.dpruner_lambda --domain legal        # writes results/bench/dpruner_lambda_legal.md
-    python -m bench.dpruner_lambda --model tiny-llama --cells dense paper_0.1 --out /tmp/l.md eval=smoke
+    python -m bench.perf.dpruner_lambda --domain legal   # writes results/bench/dpruner_lambda_legal.md
+    python -m bench.perf.dpruner_lambda --model tiny-llama --cells dense paper_0.1 --out /tmp/l.md eval=smoke
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from core.files import write_atomic
+from core.paths import project_path
 
+MODULE = "bench.perf.dpruner_lambda"
 FIXED: dict[str, dict[str, Any] | None] = {
     "dense": None,
     "general_only": {"importance": "general_only"},
@@ -39,43 +41,44 @@ def cell_options(label: str) -> dict[str, Any] | None:
     return {"regularizer": form, "lambda_": float(value)}
 
 
-def run(model_name: str, domain: str, cells: list[str], out: Path, overrides: list[str]) -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from core.calibration import domain_windows
-    from core.data import general_calibration, load_texts, resolve_data_root
-    from core.models import load_model, resolve_device
-    from evals.perplexity import strided_perplexity
-    from evals.suite import perplexity_sources
-    from pruners.base import Calibration
-
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"model={model_name}", f"domain={domain}", "pruner=dpruner",
-                                           "driver.progress=false", *overrides])
-    root = resolve_data_root(cfg.data.root)
-    model, tokenizer = load_model(cfg.model)
-    device = resolve_device(cfg.model.device)
-    dense = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    seed, size = int(cfg.seed), cfg.pruner.domain_calib
-    calibration = Calibration(
-        general=general_calibration(tokenizer, cfg.data.general.calib, root, int(cfg.calib.nsamples),
-                                    int(cfg.calib.seqlen), seed),
-        domain=domain_windows(tokenizer, cfg.domain.calib, root, int(size.nsamples), int(size.seqlen), seed))
-    lines = [
+def intro(cfg: Any, model_name: str, domain: str, overrides: list[str]) -> list[str]:
+    """The report's title and the settings every cell shares."""
+    size = cfg.pruner.domain_calib
+    return [
         f"# D-Pruner lambda sweep ({model_name}, domain {domain}, sparsity {cfg.sparsity})", "",
-        f"Command: `python -m bench.dpruner_lambda --model {model_name} --domain {domain} "
+        f"Command: `python -m {MODULE} --model {model_name} --domain {domain} "
         f"{' '.join(overrides)}`. Pruner defaults from conf/pruner/dpruner.yaml; general calibration "
         f"{cfg.calib.nsamples}x{cfg.calib.seqlen}, domain {size.nsamples}x{size.seqlen}; eval preset "
         f"{cfg.eval.name} (perplexity only: window {cfg.eval.perplexity.window}, "
         f"{cfg.eval.perplexity.max_windows} windows per text). reg/grad = mean over matrices of "
         "mean |regulariser gradient| / mean |g| (median, max).", "",
     ]
+
+
+def run(model_name: str, domain: str, cells: list[str], out: Path, overrides: list[str]) -> None:
+    """Prune and measure each cell not yet in `out`, rewriting `out` after each one."""
+    from bench.perf.cell import build_pruner, calibration, compose_config
+    from core.data import load_texts, resolve_data_root
+    from core.models import load_model, resolve_device
+    from evals.perplexity import strided_perplexity
+    from evals.suite import perplexity_sources
+
+    cfg = compose_config([f"model={model_name}", f"domain={domain}", "pruner=dpruner",
+                          "driver.progress=false", *overrides])
+    # every option checked before the model loads; the windows are those any cell reads
+    pruners = {label: build_pruner(cfg, **options) for label in cells
+               if (options := cell_options(label)) is not None}
+    requests = {slot: r for p in pruners.values() for slot, r in p.calibration_requests(cfg.calib).items()}
+    root = resolve_data_root(cfg.data.root)
+    model, tokenizer = load_model(cfg.model)
+    device = resolve_device(cfg.model.device)
+    dense = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    windows = calibration(cfg, requests, tokenizer)
     specs = perplexity_sources(cfg.domain, cfg.data.general)
     sources = {key: load_texts(spec, root) for key, spec in specs.items()}
     settings = cfg.eval.perplexity
     window, stride, limit, batch = settings.window, settings.stride, settings.max_windows, settings.batch_size
-    header = list(specs)
+    lines, header = intro(cfg, model_name, domain, overrides), list(specs)
     table = ["| cell | reg/grad mean | median | max | " + " | ".join(f"{k} ppl" for k in header)
              + " | prune s |", "|---" * (len(header) + 5) + "|"]
     previous = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
@@ -86,12 +89,10 @@ def run(model_name: str, domain: str, cells: list[str], out: Path, overrides: li
     done = {line.split("|")[1].strip() for line in lines if line.startswith("| ") and line != table[0]}
     for label in (c for c in cells if c not in done):
         model.load_state_dict(dense)
-        options = cell_options(label)
         start = time.perf_counter()
         ratios: list[float] = []
-        if options is not None:
-            reports = instantiate(cfg.pruner, **options).prune(model, calibration, device)
-            ratios = [r.notes.get("reg_ratio", 0.0) for r in reports]
+        if label in pruners:
+            ratios = [r.notes.get("reg_ratio", 0.0) for r in pruners[label].prune(model, windows, device)]
         prune_seconds = time.perf_counter() - start
         ppl = {key: strided_perplexity(model, tokenizer, texts, window, stride, limit, batch,
                                        progress=False).ppl for key, texts in sources.items()}
@@ -99,21 +100,22 @@ def run(model_name: str, domain: str, cells: list[str], out: Path, overrides: li
                                                f"{statistics.median(ratios):.3g}", f"{max(ratios):.3g}"]
         lines.append(f"| {label} | " + " | ".join(stats) + " | "
                      + " | ".join(f"{ppl[k]:.2f}" for k in header) + f" | {prune_seconds:.0f} |")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(lines) + "\n", encoding="utf-8")  # partial results survive a kill
+        write_atomic(out, "\n".join(lines) + "\n")  # partial results survive a kill
         print(lines[-1], flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Check the cell names, then run the sweep (resuming an interrupted one)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--domain", default="legal")
     parser.add_argument("--cells", nargs="+", default=DEFAULT_CELLS,
                         help=f"{', '.join(FIXED)}, paper_<lambda>, anchor_<lambda>")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=None, help="relative to the project root "
+                        "(default: results/bench/dpruner_lambda_<domain>.md)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. sparsity=0.6 eval=smoke")
     args = parser.parse_args(argv)
-    out = Path(args.out or PROJECT_ROOT / f"results/bench/dpruner_lambda_{args.domain}.md")
+    out = project_path(args.out or f"results/bench/dpruner_lambda_{args.domain}.md")
     for label in args.cells:
         cell_options(label)  # fail before any model loads
     run(args.model, args.domain, args.cells, out, args.overrides)

@@ -2,10 +2,10 @@
 subsets), tokens/s of perplexity, and whether the project's strided perplexity agrees with
 lm-eval's `loglikelihood_rolling` on the same text.
 
-    python -m bench.eval_speed                                  # default model, quick preset, both domains
-    python -m bench.eval_speed --preset paper --tasks rqe,casehold
-    python -m bench.eval_speed --no-share-prompts --tasks casehold   # lm-eval's own batching, to compare
-    python -m bench.eval_speed --skip-tasks                     # perplexity only
+    python -m bench.perf.eval_speed                         # default model, quick preset, both domains
+    python -m bench.perf.eval_speed --preset paper --tasks rqe,casehold
+    python -m bench.perf.eval_speed --no-share-prompts --tasks casehold   # lm-eval's own batching
+    python -m bench.perf.eval_speed --skip-tasks            # perplexity only
 
 Perplexity is compared twice on the first `--ppl-tokens` tokens of the legal perplexity text:
 as each evaluator counts by default (lm-eval scores every token, the first one after a prefix
@@ -25,19 +25,24 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONF = PROJECT_ROOT / "conf"
+from bench.perf.cell import compose_config
+from core.files import write_atomic
+from core.paths import project_path
+
+MODULE = "bench.perf.eval_speed"
 
 
-def task_speed(model: Any, tokenizer: Any, preset: str, domains: list[str], only: set[str] | None,
+def task_speed(model: Any, tokenizer: Any, settings: list[str], domains: list[str], only: set[str] | None,
                share_prompts: bool, root: Path, batch_size: int | None = None) -> list[dict[str, Any]]:
-    """One row per task: items, seconds, items/s and its metrics."""
+    """One row per task: items, seconds, items/s and its metrics (`settings`: the config
+    overrides that choose the model and eval preset)."""
     from evals.lm_tasks import evaluate_domain_tasks
 
-    limits = OmegaConf.to_container(OmegaConf.load(CONF / "eval" / f"{preset}.yaml"))["tasks"]
     rows = []
     for domain in domains:
-        tasks = OmegaConf.to_container(OmegaConf.load(CONF / "domain" / f"{domain}.yaml"))["tasks"]
+        cfg = compose_config([*settings, f"domain={domain}"])
+        limits = OmegaConf.to_container(cfg.eval.tasks, resolve=True)
+        tasks = OmegaConf.to_container(cfg.domain.tasks, resolve=True)
         tasks = {name: spec for name, spec in tasks.items() if only is None or name in only}
         if not tasks:
             continue
@@ -101,6 +106,7 @@ def perplexity_agreement(model: Any, tokenizer: Any, text: str, window: int,
 
 
 def markdown(header: dict[str, Any], rows: list[dict[str, Any]], ppl: dict[str, Any] | None) -> str:
+    """The report: a row per task, then the two evaluators' perplexities and their ratios."""
     lines = [f"# Evaluation speed ({header['model']}, eval={header['preset']}, "
              f"prompt sharing {'on' if header['share_prompts'] else 'off'}, "
              f"batch size {header['batch_size']})", "",
@@ -128,7 +134,8 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]], ppl: dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Measure, then write the report and its numbers (JSON) beside it."""
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="a conf/model entry")
     parser.add_argument("--preset", default="quick", help="a conf/eval entry (its `tasks` limits)")
     parser.add_argument("--domains", default="healthcare,legal")
@@ -141,7 +148,8 @@ def main() -> None:
     parser.add_argument("--ppl-tokens", type=int, default=4096)
     parser.add_argument("--ppl-window", type=int, default=512)
     parser.add_argument("--ppl-batch-size", type=int, default=4)
-    parser.add_argument("--out", default=str(PROJECT_ROOT / "results" / "bench" / "eval_speed.md"))
+    parser.add_argument("--out", default="results/bench/eval_speed.md",
+                        help="relative to the project root; a .json beside it holds every number")
     args = parser.parse_args()
 
     import torch
@@ -149,26 +157,25 @@ def main() -> None:
     from core.data import load_texts, resolve_data_root
     from core.models import load_model
 
-    root = resolve_data_root(None)
-    model, tokenizer = load_model(OmegaConf.load(CONF / "model" / f"{args.model}.yaml"))
+    settings = [f"model={args.model}", f"eval={args.preset}"]
+    cfg = compose_config([*settings, "domain=legal"])  # the legal text is the perplexity sample
+    root = resolve_data_root(cfg.data.root)
+    model, tokenizer = load_model(cfg.model)
     header = {"model": args.model, "preset": args.preset, "share_prompts": not args.no_share_prompts,
               "batch_size": args.batch_size or "preset",
               "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
     rows = [] if args.skip_tasks else task_speed(
-        model, tokenizer, args.preset, args.domains.split(","),
+        model, tokenizer, settings, args.domains.split(","),
         set(args.tasks.split(",")) if args.tasks else None, not args.no_share_prompts, root, args.batch_size)
     ppl = None
     if not args.skip_perplexity:
-        legal = OmegaConf.to_container(OmegaConf.load(CONF / "domain" / "legal.yaml"))
-        spec = legal["perplexity"]["multilegalpile"]
+        spec = OmegaConf.to_container(cfg.domain.perplexity.multilegalpile, resolve=True)
         text, _ = round_trip_text(tokenizer, "\n\n".join(load_texts(spec, root)), args.ppl_tokens)
         ppl = perplexity_agreement(model, tokenizer, text, args.ppl_window, args.ppl_batch_size)
     report = markdown(header, rows, ppl)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report + "\n")
+    out = write_atomic(project_path(args.out), report + "\n")
     payload = {**header, "tasks": rows, "perplexity": ppl}
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_atomic(out.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
     print(report)
     print(f"written: {out} and {out.with_suffix('.json')}")
 

@@ -2,7 +2,7 @@
 its mask (a 135M model: ~12 MB) and the leaderboard can compare methods and domains by the
 Jaccard similarity of the weights they keep.
 
-File format (numpy .npz, no pickles): `__names__` (matrix names, `pruners.base.model_linears`
+File format (numpy .npz, no pickles): `__names__` (matrix names, `core.structure.model_linears`
 order), `__shapes__` ([n, 2] int64), and per matrix `m<i>` = numpy.packbits of the flat
 row-major keep-mask (True = weight kept, i.e. non-zero)."""
 
@@ -15,15 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.records import atomic_open
-from pruners.base import model_linears
+from core.files import atomic_open
+from core.structure import model_linears
 
 Packed = dict[str, tuple[np.ndarray, tuple[int, ...]]]
 
 
 def save_masks(model: nn.Module, path: Path | str) -> Path:
-    """Write the keep-mask of every prunable matrix; atomic (temp file + rename), so a killed
-    cell never leaves a half-written mask."""
+    """Write the keep-mask of every prunable matrix; atomic, so a killed cell never leaves a
+    half-written mask."""
     path = Path(path)
     names, shapes, arrays = [], [], {}
     with torch.no_grad():

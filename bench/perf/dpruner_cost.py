@@ -1,70 +1,57 @@
 """Cost of D-Pruner against SparseGPT on one model: wall time (D-Pruner per stage) and peak
 resident memory. Each method runs in its own process, since peak RSS is a per-process
-high-water mark; both use the project's configs (conf/), so the calibration sizes are the
-defaults a cell would use. D-Pruner runs without its G cache, so its general pass is timed.
+high-water mark; both are cells of the project's config (conf/), so the calibration sizes are
+the defaults a cell would use. D-Pruner runs without its G cache, so its general pass is timed.
 
-    python -m bench.dpruner_cost                      # default model, legal domain
-    python -m bench.dpruner_cost --model tiny-llama --out /tmp/cost.md
-    python -m bench.dpruner_cost --methods dpruner --out /tmp/disk.md pruner.offload=disk
+    python -m bench.perf.dpruner_cost                 # default model, legal domain
+    python -m bench.perf.dpruner_cost --model tiny-llama --out /tmp/cost.md
+    python -m bench.perf.dpruner_cost --methods dpruner --out /tmp/disk.md pruner.scratch=disk
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from bench.perf.worker import print_result, run_worker
+from core.files import write_atomic
+from core.paths import project_path
+
+MODULE = "bench.perf.dpruner_cost"
 METHODS = ("sparsegpt", "dpruner")
 
 
 def measure(method: str, model_name: str, domain: str, overrides: list[str]) -> dict[str, Any]:
     """Load, calibrate and prune once in this process; returns times and memory."""
     import torch
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
-    from core.calibration import domain_windows
-    from core.data import general_calibration, resolve_data_root
+    from bench.perf.cell import build_pruner, calibration, compose_config, pruner_overrides
+    from core.memory import peak_memory_mb
     from core.models import load_model, resolve_device
-    from pruners.base import Calibration, peak_memory_mb
 
-    extra = ["pruner.cache_dir=null"] if method == "dpruner" else []
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"pruner={method}", f"model={model_name}", f"domain={domain}",
-                                           "driver.progress=false", *extra, *overrides])
-    root = resolve_data_root(cfg.data.root)
+    cfg = compose_config([*pruner_overrides(method), f"model={model_name}", f"domain={domain}",
+                          "driver.progress=false", *overrides])
     runtime = peak_memory_mb(torch.device("cpu"))  # interpreter, torch, Hydra: no model yet
     model, tokenizer = load_model(cfg.model)
     device = resolve_device(cfg.model.device)
-    pruner = instantiate(cfg.pruner)
-    n, seqlen, seed = int(cfg.calib.nsamples), int(cfg.calib.seqlen), int(cfg.seed)
-    general = general_calibration(tokenizer, cfg.data.general.calib, root, n, seqlen, seed)
-    calibration = Calibration(ids=general, general=general)
-    if "domain" in pruner.needs:
-        size = cfg.pruner.domain_calib
-        calibration.domain = domain_windows(tokenizer, cfg.domain.calib, root, int(size.nsamples),
-                                            int(size.seqlen), seed)
+    pruner = build_pruner(cfg)
+    requests = pruner.calibration_requests(cfg.calib)
+    windows = calibration(cfg, requests, tokenizer)
     with torch.no_grad():  # page in weights loaded lazily, so the baseline includes the model
         sum(float(p.sum()) for p in model.parameters())
     loaded = peak_memory_mb(device)
     start = time.perf_counter()
-    pruner.prune(model, calibration, device)
+    pruner.prune(model, windows, device)
     seconds = time.perf_counter() - start
     fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
     return {
         "method": method, "seconds": seconds, "stages": getattr(pruner, "stages", {}),
         "peak_rss_mb": peak_memory_mb(device), "loaded_rss_mb": loaded, "runtime_rss_mb": runtime,
-        "model_fp32_mb": fp32_mb,
-        "general": list(general.shape), "threads": torch.get_num_threads(), "device": str(device),
-        "domain": None if calibration.domain is None else list(calibration.domain.shape),
+        "model_fp32_mb": fp32_mb, "threads": torch.get_num_threads(), "device": str(device),
+        "calibration": {slot: [request.source, *getattr(windows, slot).shape]
+                        for slot, request in requests.items()},
     }
 
 
@@ -73,7 +60,7 @@ def table(results: list[dict[str, Any]], model_name: str, domain: str) -> str:
     base = next((r for r in results if r["method"] == "sparsegpt"), results[0])
     lines = [
         f"# D-Pruner cost vs SparseGPT ({model_name}, domain {domain})", "",
-        f"Command: `python -m bench.dpruner_cost --model {model_name} --domain {domain}`; "
+        f"Command: `python -m {MODULE} --model {model_name} --domain {domain}`; "
         f"{platform.processor() or platform.machine()}, {base['threads']} torch threads, "
         f"device {base['device']}. fp32 model size {base['model_fp32_mb']:.0f} MiB.", "",
         "| method | calibration | prune time (s) | stages: time / peak RSS so far | x SparseGPT time "
@@ -82,9 +69,7 @@ def table(results: list[dict[str, Any]], model_name: str, domain: str) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        calib = f"general {r['general'][0]}x{r['general'][1]}"
-        if r["method"] == "dpruner" and r["domain"]:
-            calib += f", domain {r['domain'][0]}x{r['domain'][1]}"
+        calib = ", ".join(f"{source} {n}x{seqlen}" for source, n, seqlen in r["calibration"].values()) or "-"
         stages = ", ".join(f"{k} {v['seconds']:.0f}s / {v['peak_mb']:.0f} MiB"
                            for k, v in r["stages"].items()) or "-"
         lines.append(
@@ -102,32 +87,24 @@ def table(results: list[dict[str, Any]], model_name: str, domain: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Each method in a worker process of its own, one at a time; or, with --worker, one of them."""
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--domain", default="legal")
-    parser.add_argument("--out", default=str(PROJECT_ROOT / "results/bench/dpruner_cost.md"))
+    parser.add_argument("--out", default="results/bench/dpruner_cost.md", help="relative to the project root")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. pruner.batch_size=8")
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(args.worker, args.model, args.domain, args.overrides)))
+        print_result(measure(args.worker, args.model, args.domain, args.overrides))
         return
     results = []
     for method in args.methods:  # one process each, one at a time
-        command = [sys.executable, "-m", "bench.dpruner_cost", "--worker", method, "--model", args.model,
-                   "--domain", args.domain, *args.overrides]
-        done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
-        if done.returncode:
-            sys.exit(f"{method} failed:\n{done.stderr[-2000:]}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append(run_worker(MODULE, [method, "--model", args.model, "--domain", args.domain,
+                                           *args.overrides]))
         print(f"{method}: {results[-1]['seconds']:.1f}s, peak RSS {results[-1]['peak_rss_mb']:.0f} MiB")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, staged = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(table(results, args.model, args.domain))
-    os.replace(staged, out)
+    out = write_atomic(project_path(args.out), table(results, args.model, args.domain))
     print(f"wrote {out}")
 
 

@@ -1,0 +1,128 @@
+"""Leaderboard tables and plots from every finished cell record.
+
+    python -m bench.leaderboard [RESULTS_DIR] [--out results/leaderboard] [--wandb]
+
+Per domain: `<domain>.md`, `<domain>.csv` and a self-contained `<domain>.html` (plots inlined),
+methods x metrics in one block per sparsity/pattern (and calibration, where not general), the
+dense model as the reference row of every block and the best pruned method per column marked.
+A cell that was not run, or a metric it did not measure, is an empty cell, never a zero.
+Unreadable records are named on stderr and skipped; the rest is still built."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.leaderboard import plots
+from bench.leaderboard.render import csv_text, html_page, markdown
+from bench.leaderboard.table import Cell, Suite, build, label_cells, method_rank, read_cells, slug
+from bench.results.tracking import MODES, log_leaderboard
+from core.files import write_atomic
+
+
+def entries(cells: Iterable[Cell]) -> list[plots.Entry]:
+    """The cells as the plots see them; mask paths are resolved beside each record."""
+    out = []
+    for c in cells:
+        masks = c.record.get("masks")
+        out.append(plots.Entry(series=c.label, domain=c.domain, sparsity=c.sparsity, pattern=c.pattern,
+                               metrics=c.record["metrics"], reference=c.reference,
+                               masks=c.path.parent / masks if masks else None, variant=c.variant))
+    return out
+
+
+def domain_plots(suite: Suite, out: Path) -> list[Path]:
+    """(a) and (b) for one suite; the ablation variants get a trade-off figure of their own,
+    so that they neither crowd the methods' figure nor go unseen."""
+    items = entries(suite.cells)
+    methods, ablations = plots.split_series(items)
+    base, domain, title = out / suite.slug, suite.domain, suite.title
+    made = [plots.ppl_vs_sparsity(items, domain, title, Path(f"{base}-ppl_vs_sparsity.png")),
+            plots.general_vs_domain(methods, domain, title, Path(f"{base}-general_vs_domain.png"))]
+    if ablations:
+        made.append(plots.general_vs_domain(ablations, domain, f"{title} · ablations",
+                                            Path(f"{base}-ablations_general_vs_domain.png")))
+    return [p for p in made if p is not None]
+
+
+def similarity_plots(cells: Sequence[Cell], out: Path) -> list[Path]:
+    """(c) one heatmap per model, eval preset, sparsity and pattern, over methods and domains;
+    cells whose mask file is absent (e.g. records copied without masks) are left out."""
+    groups: dict[tuple, list[plots.Entry]] = defaultdict(list)
+    absent = 0
+    for c, entry in zip(cells, entries(cells), strict=True):
+        if entry.reference or entry.masks is None:
+            continue
+        if not entry.masks.exists():
+            absent += 1
+            continue
+        groups[(c.model, c.eval, c.sparsity, c.pattern)].append(entry)
+    if absent:
+        print(f"note: {absent} record(s) name a mask file that is not there; "
+              "left out of the similarity plots", file=sys.stderr)
+    made = []
+    for (model, eval_name, sparsity, pattern), group in sorted(groups.items()):
+        group.sort(key=lambda e: (e.domain, method_rank(e.series.split(" ")[0]), e.series))
+        name = slug(f"masks-{model}-{eval_name}-s{sparsity:g}-{pattern}")
+        title = f"{model} · eval={eval_name} · sparsity {sparsity:g} · {pattern}"
+        path = plots.mask_similarity([f"{e.series} / {e.domain}" for e in group], [e.masks for e in group],
+                                     title, out / f"{name}.png")
+        if path is not None:
+            made.append(path)
+    return made
+
+
+def write(cells: Sequence[Cell], out: Path, header: str) -> tuple[dict[str, str], list[Path]]:
+    """Write every file; returns ({domain: CSV text}, all plot paths)."""
+    cells = label_cells(cells)
+    shared = similarity_plots(cells, out)
+    tables, images = {}, list(shared)
+    for domain, suites in build(cells).items():
+        own = [p for s in suites for p in domain_plots(s, out)]
+        images += own
+        tables[domain] = csv_text(suites)
+        write_atomic(out / f"{domain}.md", markdown(domain, suites, header, own + shared))
+        write_atomic(out / f"{domain}.csv", tables[domain])
+        write_atomic(out / f"{domain}.html", html_page(domain, suites, header, own + shared))
+    return tables, images
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (1: no records, 2: no results folder)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m bench.leaderboard", description=__doc__.split("\n")[0])
+    parser.add_argument("results", nargs="?", default="results/runs", help="folder of cell records")
+    parser.add_argument("--out", default="results/leaderboard", help="where tables and plots go")
+    parser.add_argument("--wandb", action="store_true", help="also log tables and plots to W&B")
+    parser.add_argument("--wandb-mode", default="auto", choices=MODES,
+                        help="auto: online with credentials, offline otherwise")
+    parser.add_argument("--wandb-dir", default="results/wandb")
+    parser.add_argument("--project", default="dpruner-bench")
+    parser.add_argument("--group", default="leaderboard", help="W&B group of the leaderboard run")
+    args = parser.parse_args(argv)
+    results, out = Path(args.results), Path(args.out)
+    if not results.is_dir():
+        print(f"error: no results folder {results}; run a grid first (python run.py -m ...)", file=sys.stderr)
+        return 2
+    cells = read_cells(results)
+    if not cells:
+        print(f"error: no finished records in {results}", file=sys.stderr)
+        return 1
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = shlex.join(["python", "-m", "bench.leaderboard", *argv])
+    header = f"Generated by `{command}` on {when} from {len(cells)} cell record(s) in `{results}`."
+    tables, images = write(cells, out, header)
+    print(f"leaderboard: {len(cells)} cells, {len(tables)} domain(s) -> {out}/"
+          f" ({', '.join(sorted(tables))}; {len(images)} plots)")
+    if args.wandb:
+        log_leaderboard(tables, images, args.wandb_mode, Path(args.wandb_dir), args.project, args.group)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks; each writes its figures under results/bench/."""

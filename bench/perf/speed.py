@@ -1,0 +1,106 @@
+"""Prune time and peak memory per method, beside the time of one plain forward pass over the
+same calibration set, measured in the same run.
+
+    python -m bench.perf.speed [--model smollm2-135m] [--nsamples 32] [--seqlen 512] [--batch-size 8]
+                               [--methods magnitude,wanda,sparsegpt] [--out results/bench/speed.md]
+
+Each measurement runs in its own process so that its peak RSS is its own. Every cell is the
+default config (conf/) at sparsity 0.5 with the sizes above as `calib.*` and `driver.batch_size`.
+A layer-by-layer method needs at least two forward passes' worth of work (statistics, then the
+pruned re-run), so the table reports time / (2 x forward)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from bench.perf.worker import print_result, run_worker
+from core.files import write_atomic
+from core.paths import project_path
+
+MODULE = "bench.perf.speed"
+
+
+def measure(kind: str, model_name: str, nsamples: int, seqlen: int, batch_size: int) -> dict[str, Any]:
+    """Run inside a worker process: load, calibrate, then time `kind` (a method or 'forward')."""
+    import torch
+
+    from bench.perf.cell import build_pruner, calibration, compose_config, pruner_overrides
+    from core.calibration import WindowRequest
+    from core.memory import peak_memory_mb
+    from core.models import load_model, resolve_device
+
+    method = [] if kind == "forward" else pruner_overrides(kind)
+    cfg = compose_config([*method, f"model={model_name}", "sparsity=0.5", f"calib.nsamples={nsamples}",
+                          f"calib.seqlen={seqlen}", f"driver.batch_size={batch_size}",
+                          "driver.progress=false"])
+    model, tokenizer = load_model(cfg.model)
+    device = resolve_device(cfg.model.device)
+    if kind == "forward":  # over the `calib` group's windows, as a calibrated baseline reads them
+        ids = calibration(cfg, {"ids": WindowRequest.from_calib(cfg.calib)}, tokenizer).ids
+
+        def work() -> None:
+            with torch.no_grad():
+                for i in range(0, nsamples, batch_size):
+                    model(input_ids=ids[i : i + batch_size].to(device))
+    else:
+        pruner = build_pruner(cfg)
+        windows = calibration(cfg, pruner.calibration_requests(cfg.calib), tokenizer)
+
+        def work() -> None:
+            pruner.prune(model, windows, device)
+    loaded_mb = peak_memory_mb()
+    start = time.perf_counter()
+    work()
+    seconds = time.perf_counter() - start
+    return {"kind": kind, "seconds": seconds, "peak_rss_mb": peak_memory_mb(device), "loaded_mb": loaded_mb}
+
+
+def table(rows: list[dict[str, Any]], forward_s: float) -> str:
+    """Markdown rows: each measurement and its time relative to two forward passes."""
+    lines = ["| method | prune time (s) | x (2 x forward) | peak RSS (MiB) | RSS after load (MiB) |",
+             "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        ratio = row["seconds"] / (2 * forward_s)
+        lines.append(f"| {row['kind']} | {row['seconds']:.1f} | {ratio:.2f} | {row['peak_rss_mb']:.0f} "
+                     f"| {row['loaded_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """The forward pass, then each method, one worker process each; or, with --worker, one of them."""
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--methods", default="magnitude,wanda,sparsegpt")
+    parser.add_argument("--out", default="results/bench/speed.md", help="relative to the project root")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print_result(measure(args.worker, args.model, args.nsamples, args.seqlen, args.batch_size))
+        return
+    sizes = ["--model", args.model, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
+             "--batch-size", str(args.batch_size)]
+    forward = run_worker(MODULE, ["forward", *sizes])
+    rows = [forward] + [run_worker(MODULE, [kind, *sizes]) for kind in args.methods.split(",")]
+    header = (f"# Prune speed\n\n`python -m {MODULE} --model {args.model} --nsamples {args.nsamples} "
+              f"--seqlen {args.seqlen} --batch-size {args.batch_size} --methods {args.methods}`  \n"
+              f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()} CPU x{_cores()}, "
+              f"one forward pass = {forward['seconds']:.1f} s\n\n")
+    text = header + table(rows, forward["seconds"]) + "\n"
+    write_atomic(project_path(args.out), text)
+    print(text)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+if __name__ == "__main__":
+    main()

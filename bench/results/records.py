@@ -1,0 +1,168 @@
+"""The result store: one JSON record per cell, named by a hash of what the cell computes,
+written atomically so a killed cell leaves no partial record and a rerun can skip finished ones.
+
+Record layout (RECORD_VERSION 2):
+  key, version, created, status ("done")
+  cell: {model, pruner, domain, sparsity, pattern, calib, seed, eval}   -- the grid coordinates;
+        `sparsity` is the target the pattern gives (N:M: 1 - N/M), `calib` the baselines' source
+  config: the resolved config, normalised (see `cell_config`)
+  metrics: flat {"<domain|general>/<task>/<metric>": float}
+  sparsity: {achieved (over the pruned matrices), model (over all parameters), per_matrix}
+  prune: {seconds, matrices: [per-matrix report: name, shape, error, seconds, peak_mem_mb, notes]}
+  eval: {seconds, details}
+  memory: {peak_rss_mb, peak_cuda_mb}
+  versions, git, samples (generated texts), masks (path relative to the record, or null),
+  saved_model (folder, only with save_model=true)"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from core.files import write_atomic
+from core.paths import PROJECT_ROOT
+
+RECORD_VERSION = 2
+PACKAGES = ("torch", "transformers", "lm_eval", "hydra-core", "wandb", "datasets", "dpruner-bench")
+
+# Settings that change where things go or how they are shown, never what a cell computes.
+NOT_IN_KEY = (
+    ("logger",), ("results",), ("force",), ("data", "root"), ("model", "cache_dir"),
+    ("driver", "progress"), ("hydra",), ("save_model",), ("save_masks",),
+    ("pruner", "cache_dir"), ("pruner", "scratch_dir"),
+    ("pruner", "driver", "progress"),  # version-1 records carried the driver inside the pruner
+)
+
+
+def _drop(config: dict[str, Any], path: tuple[str, ...]) -> None:
+    node: Any = config
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(path[-1], None)
+
+
+def record_key(config: Mapping[str, Any]) -> str:
+    """A short stable hash of what the cell computes."""
+    trimmed = json.loads(json.dumps(config, default=str))
+    for path in NOT_IN_KEY:
+        _drop(trimmed, path)
+    canonical = json.dumps(trimmed, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def record_path(results_dir: Path, key: str) -> Path:
+    return results_dir / f"{key}.json"
+
+
+def cell_config(config: dict[str, Any], *, dense: bool, sparsity: float, pattern: str,
+                calib: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The resolved config normalised so that cells that compute the same thing share one key:
+    `sparsity` is what the pattern gives (dense: 0, N:M: 1 - N/M), and `calib` holds only the
+    calibration settings the method reads (`calib`; None drops the group)."""
+    config = dict(config)
+    config["sparsity"], config["pattern"] = (0.0, "unstructured") if dense else (sparsity, pattern)
+    if calib is None:
+        config.pop("calib", None)
+    else:
+        config["calib"] = dict(calib)
+    return config
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def git_revision() -> str:
+    """The project's commit, `-dirty` when tracked files differ from it."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def new_record(key: str, config: Mapping[str, Any], *, pruner: str, calib_source: str | None,
+               metrics: Mapping[str, float], sparsity: Mapping[str, Any], prune_seconds: float,
+               matrices: list[dict[str, Any]], eval_seconds: float, eval_details: Mapping[str, Any],
+               samples: Mapping[str, list], memory: Mapping[str, float | None]) -> dict[str, Any]:
+    """A finished cell's record in the layout above."""
+    return {
+        "key": key, "version": RECORD_VERSION, "status": "done",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cell": {"model": config["model"]["name"], "pruner": pruner, "domain": config["domain"]["name"],
+                 "sparsity": config["sparsity"], "pattern": config["pattern"], "calib": calib_source,
+                 "seed": int(config["seed"]), "eval": config["eval"]["name"]},
+        "config": dict(config),
+        "metrics": dict(metrics),
+        "sparsity": dict(sparsity),
+        "prune": {"seconds": prune_seconds, "matrices": matrices},
+        "eval": {"seconds": eval_seconds, "details": dict(eval_details)},
+        "memory": dict(memory),
+        "versions": versions(), "git": git_revision(), "samples": dict(samples), "masks": None,
+    }
+
+
+def save_record(results_dir: Path, record: dict[str, Any]) -> Path:
+    path = record_path(results_dir, record["key"])
+    write_atomic(path, json.dumps(record, indent=1, sort_keys=False, default=str))
+    return path
+
+
+class BrokenRecord(ValueError):
+    """A record file that cannot be read as a finished record."""
+
+
+def load_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BrokenRecord(f"{path}: unreadable record ({err})") from err
+    if not isinstance(record, dict) or record.get("status") != "done" or "metrics" not in record:
+        raise BrokenRecord(f"{path}: not a finished record (no status 'done' / metrics)")
+    return record
+
+
+def finished(results_dir: Path, key: str) -> bool:
+    """True when the cell's record exists and reads; a broken one is set aside (kept, renamed)
+    so that the rerun can write a good record without destroying the evidence."""
+    path = record_path(results_dir, key)
+    if not path.exists():
+        return False
+    try:
+        load_record(path)
+        return True
+    except BrokenRecord as err:
+        aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        print(f"warning: {err}; kept as {aside.name}, re-running the cell")
+        return False
+
+
+def iter_records(results_dir: Path) -> Iterator[tuple[Path, dict[str, Any] | BrokenRecord]]:
+    """Every record file in a folder: (path, record) or (path, the error) for broken ones."""
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            yield path, load_record(path)
+        except BrokenRecord as err:
+            yield path, err

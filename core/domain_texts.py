@@ -1,0 +1,127 @@
+"""Domain calibration texts: each domain's training items rendered as plain text through prompt
+templates (the task's input, question and answer stated in a sentence or two). Only calibration
+splits are read; the two held-out parts that share a file with
+calibration data are excluded here: PubMedQA's official test ids and MedQuAD's perplexity slice
+(with every answer whose text repeats one of that slice)."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from core.data import data_path, read_jsonl
+from core.errors import ConfigError
+from core.files import read_json
+
+
+def _clean(text: str) -> str:
+    """Collapse the runs of spaces and indented line breaks that scraped sources carry."""
+    text = re.sub(r"[ \t]*\n\s*", "\n", str(text).strip())
+    return re.sub(r"[ \t]{2,}", " ", text)
+
+
+# --- templates: one training item -> one natural text ------------------------------------------
+
+def pubmedqa_text(item: Mapping[str, Any]) -> str:
+    context = " ".join(item["CONTEXTS"])
+    return (f"Context: {_clean(context)}\nQuestion: {_clean(item['QUESTION'])}\n"
+            f"The answer is {item['final_decision']}. {_clean(item['LONG_ANSWER'])}")
+
+
+def meqsum_text(row: Mapping[str, Any]) -> str:
+    return (f"A patient asks: {_clean(row['CHQ'])}\n"
+            f"In short, the patient's question is: {_clean(row['Summary'])}")
+
+
+def rqe_text(chq: str, faq: str, entails: bool) -> str:
+    answer = "Yes" if entails else "No"
+    return (f"Question A: {_clean(chq)}\nQuestion B: {_clean(faq)}\n"
+            f"Does an answer to question B also answer question A? {answer}.")
+
+
+def medquad_text(row: Mapping[str, Any]) -> str:
+    return f"Question: {_clean(row['question'])}\nAnswer: {_clean(row['answer'])}"
+
+
+def casehold_text(row: Mapping[str, Any]) -> str:
+    """The citing passage with its correct holding written in place of the <HOLDING> mark."""
+    holding = row[f"holding_{int(row['label'])}"]
+    return _clean(row["citing_prompt"]).replace("<HOLDING>", f"({_clean(holding)})", 1)
+
+
+def billsum_text(row: Mapping[str, Any]) -> str:
+    return (f"The text of a bill follows. {_clean(row['source'])}\n"
+            f"Summary of the bill: {_clean(row['summary'])}")
+
+
+# --- readers: one source spec -> its rendered texts --------------------------------------------
+
+def _pubmedqa(spec: Mapping[str, Any], root: Path) -> list[str]:
+    """PQA-L items whose id is not in the official test split (`exclude_ids`)."""
+    items = read_json(data_path(root, spec["path"]), "an object id -> {QUESTION, CONTEXTS, ...}")
+    test = set(read_json(data_path(root, spec["exclude_ids"]), "an object id -> yes/no/maybe"))
+    return [pubmedqa_text(item) for key, item in items.items() if key not in test]
+
+
+def _meqsum(spec: Mapping[str, Any], root: Path) -> list[str]:
+    return [meqsum_text(row) for row in read_jsonl(data_path(root, spec["path"]), ["CHQ", "Summary"])]
+
+
+def _rqe(spec: Mapping[str, Any], root: Path) -> list[str]:
+    path = data_path(root, spec["path"])
+    try:
+        pairs = ET.parse(path).getroot().iter("pair")
+    except ET.ParseError as err:
+        raise ConfigError(f"{path} is not valid RQE XML ({err})") from err
+    return [rqe_text(p.findtext("chq", ""), p.findtext("faq", ""), p.get("value") == "true") for p in pairs]
+
+
+def _medquad(spec: Mapping[str, Any], root: Path) -> list[str]:
+    """Rows outside the perplexity slice (index % skip_every == 0) and not repeating its answers."""
+    rows = read_jsonl(data_path(root, spec["path"]), ["question", "answer"])
+    every = int(spec["skip_every"])
+    if every < 1:
+        raise ConfigError(f"medquad skip_every={every} must be >= 1 (the perplexity slice's `every`)")
+    held_out = {row["answer"] for row in rows[::every]}
+    return [medquad_text(row) for index, row in enumerate(rows)
+            if index % every and row["answer"] not in held_out]
+
+
+def _casehold(spec: Mapping[str, Any], root: Path) -> list[str]:
+    fields = ["citing_prompt", "label", *(f"holding_{i}" for i in range(5))]
+    return [casehold_text(row) for row in read_jsonl(data_path(root, spec["path"]), fields)]
+
+
+def _billsum(spec: Mapping[str, Any], root: Path) -> list[str]:
+    return [billsum_text(row) for row in read_jsonl(data_path(root, spec["path"]), ["source", "summary"])]
+
+
+READERS: dict[str, Callable[[Mapping[str, Any], Path], list[str]]] = {
+    "pubmedqa": _pubmedqa, "meqsum": _meqsum, "rqe": _rqe, "medquad": _medquad,
+    "casehold": _casehold, "billsum": _billsum,
+}
+
+
+def _evenly(items: list[str], limit: int | None) -> list[str]:
+    """At most `limit` items spread evenly over the list (files are often sorted by topic)."""
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(int(limit))]
+
+
+def domain_texts(calib_cfg: Mapping[str, Any], data_root: Path) -> list[str]:
+    """Every rendered calibration text of a domain (`domain.calib`), source by source."""
+    sources = calib_cfg.get("sources") or {}
+    if not sources:
+        raise ConfigError("domain.calib.sources is empty; the domain has no calibration texts")
+    texts: list[str] = []
+    for name, spec in sources.items():
+        reader = READERS.get(spec.get("format", name))
+        if reader is None:
+            raise ConfigError(f"domain.calib.sources.{name}.format={spec.get('format')!r}; "
+                              f"choose one of {sorted(READERS)}")
+        texts.extend(_evenly(reader(spec, data_root), spec.get("limit")))
+    return texts

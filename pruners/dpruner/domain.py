@@ -1,0 +1,221 @@
+"""Stage 2 of D-Pruner: the domain importance I = |-g'w + 1/2 (g'w)^2| of every pruned weight,
+summed over the domain windows, from full back-propagation with the refined gradient
+g' = g + (regulariser gradient).
+
+Three separable parts, so that a sharded run can swap the loop and keep the rest:
+- `GradientConsumer`: a post-accumulate hook per matrix that turns the gradient into the refined
+  gradient, adds its Taylor importance, takes the SGD step, and frees the gradient at once (the
+  memory of one matrix's gradient, never the model's);
+- `Trajectory`: the SGD schedule along which importance is collected (linear warm-up and decay,
+  the global grad-norm clip, lagged by one step or recomputed in a second pass);
+- `domain_importance`: the loop over batches that runs the backward passes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from core.memory import free_large_blocks_at_once
+from core.structure import decoder_layers, model_linears
+from pruners.dpruner.formulas import (
+    anchor_regularizer_grad,
+    clip_coefficient,
+    exact_regularizer_grads,
+    fisher_regularizer_grad,
+    normalized,
+    scheduled_lr,
+    taylor_importance,
+)
+from pruners.dpruner.lm_loss import NextTokenLoss
+from pruners.dpruner.options import DPrunerOptions
+from pruners.driver import batches
+
+Tensors = Mapping[str, torch.Tensor]
+
+
+@dataclass
+class MatrixScore:
+    name: str
+    param: nn.Parameter
+    importance: torch.Tensor  # fp32 sum over batches of |-g'w + (g'w)^2 / 2|
+    grad_sum: torch.Tensor  # sum over batches of mean |g|
+    reg_sum: torch.Tensor  # sum over batches of mean |regulariser gradient|
+
+
+@dataclass
+class Pass:
+    """What one backward pass does with the gradients it produces."""
+
+    lr: float = 0.0  # scheduled learning rate of this step
+    coef: float = 1.0  # clip coefficient applied to this step's update
+    score: bool = True  # accumulate importance
+    update: bool = False  # take the SGD step
+    sqnorm: float = 0.0  # squared global norm of the refined gradient (filled while scoring)
+
+
+class Trajectory:
+    """The backward passes of each step: one with the lagged clip (the previous step's norm; the
+    first step is not taken), or with `two_pass` a scoring pass that measures this step's norm and
+    a second pass that recomputes the same gradients and takes the clipped step. The exact
+    regulariser has all gradients at once and clips each step by its own norm (one pass)."""
+
+    def __init__(self, options: DPrunerOptions, total: int) -> None:
+        self.options, self.total = options, total
+        self.warmup = round(options.warmup_ratio * total)
+        self.previous_norm: float | None = None
+
+    def passes(self, step: int) -> Iterator[Pass]:
+        o = self.options
+        lr = scheduled_lr(step, self.total, self.warmup, o.lr) if o.update_weights else 0.0
+        two_pass = o.clip == "two_pass" and o.max_grad_norm is not None and not o.exact
+        first = Pass(lr, clip_coefficient(self.previous_norm, o.max_grad_norm), score=True,
+                     update=o.update_weights and not two_pass)
+        yield first
+        self.previous_norm = math.sqrt(first.sqnorm)
+        if o.update_weights and two_pass:
+            yield Pass(lr, clip_coefficient(self.previous_norm, o.max_grad_norm), score=False, update=True)
+
+
+class GradientConsumer:
+    """Refined gradient, importance and SGD step of one matrix the moment its gradient exists."""
+
+    def __init__(self, options: DPrunerOptions, G: Tensors, dense: Tensors | None) -> None:
+        self.options, self.G, self.dense = options, G, dense
+        self.current = Pass()
+
+    def hook(self, m: MatrixScore, param: torch.Tensor) -> None:
+        """Post-accumulate hook: consume this parameter's gradient, then free it."""
+        grad = param.grad.float()
+        param.grad = None
+        self.consume(m, grad, self.regularizer_grad(m, grad))
+
+    def regularizer_grad(self, m: MatrixScore, grad: torch.Tensor) -> torch.Tensor | None:
+        o = self.options
+        if not o.regularized:
+            return None
+        G = self.G[m.name].to(grad.device)
+        if o.regularizer == "anchor":
+            dense = self.dense[m.name].to(grad.device)
+            return anchor_regularizer_grad(m.param.detach(), dense, normalized(G), o.lambda_)
+        return fisher_regularizer_grad(grad, G, o.lambda_, o.lr)
+
+    @torch.no_grad()
+    def consume(self, m: MatrixScore, grad: torch.Tensor, reg: torch.Tensor | None) -> None:
+        now = self.current
+        refined = grad if reg is None else grad + reg
+        if now.score:
+            m.importance += taylor_importance(refined, m.param.detach()).to(m.importance.device)
+            m.grad_sum += grad.abs().mean()
+            if reg is not None:
+                m.reg_sum += reg.abs().mean()
+            if self.options.update_weights:
+                now.sqnorm += float(refined.pow(2).sum())
+        step = now.lr * now.coef
+        if now.update and step > 0:
+            m.param.add_(refined.to(m.param.dtype), alpha=-step)
+
+
+@contextmanager
+def backprop_mode(model: nn.Module, params: list[nn.Parameter], checkpointing: bool,
+                  eager: bool) -> Iterator[None]:
+    """Gradients for `params` only, dropout off, activation checkpointing on (HF runs it only in
+    layers flagged as training, so only the decoder blocks get that flag, not their children),
+    eager attention when double backward is needed; all restored afterwards, no .grad left."""
+    requires = {p: p.requires_grad for p in model.parameters()}
+    training = {m: m.training for m in model.modules()}
+    had_input_hook = hasattr(model, "_require_grads_hook")
+    enable_ckpt = (checkpointing and hasattr(model, "activation_checkpointing_enable")
+                   and getattr(model, "supports_gradient_checkpointing", False)
+                   and not getattr(model, "is_activation_checkpointing", False))
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    switch_attention = eager and attention not in (None, "eager")
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        model.eval()
+        if enable_ckpt:
+            # reentrant: the forward keeps only each block's input (non-reentrant keeps more)
+            model.activation_checkpointing_enable({"use_reentrant": True})
+        for layer in decoder_layers(model):
+            layer.training = bool(getattr(layer, "gradient_checkpointing", False))
+        if switch_attention:
+            model.set_attn_implementation("eager")
+        yield
+    finally:
+        if switch_attention:
+            model.set_attn_implementation(attention)
+        if enable_ckpt:
+            model.activation_checkpointing_disable()
+            if not had_input_hook and hasattr(model, "_require_grads_hook"):
+                model.disable_input_require_grads()
+        for module, flag in training.items():
+            module.training = flag
+        for p, flag in requires.items():
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+def exact_step(loss: NextTokenLoss, batch: torch.Tensor, matrices: list[MatrixScore],
+               consumer: GradientConsumer, current: Pass) -> None:
+    """Regulariser gradient 2 lambda alpha^2 H (G * g) by double backward (small models): all
+    gradients are alive at once, so the clip uses this step's own norm."""
+    o = consumer.options
+    params = [m.param for m in matrices]
+    grads = torch.autograd.grad(loss(batch), params, create_graph=True)
+    Gs = [consumer.G[m.name].to(g.device) for m, g in zip(matrices, grads, strict=True)]
+    regs = exact_regularizer_grads(grads, params, Gs, o.lambda_, o.lr)
+    grads = [g.detach().float() for g in grads]
+    norm = math.sqrt(sum(float((g + r).pow(2).sum()) for g, r in zip(grads, regs, strict=True)))
+    current.update, current.coef = o.update_weights, clip_coefficient(norm, o.max_grad_norm)
+    consumer.current = current
+    for m, g, r in zip(matrices, grads, regs, strict=True):
+        consumer.consume(m, g, r)
+
+
+def domain_importance(model: nn.Module, ids: torch.Tensor, G: Tensors, dense: Tensors | None,
+                      options: DPrunerOptions, device: torch.device, store: torch.device,
+                      progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """I for every pruned matrix over the domain windows `ids`, and per matrix the size of the
+    regulariser next to the gradient (mean |reg| / mean |g|)."""
+    if device.type == "cpu" or store.type == "cpu":
+        free_large_blocks_at_once()  # per-matrix gradients come and go: do not hoard them
+    model.to(device)
+    matrices = [MatrixScore(name, linear.weight,
+                            torch.zeros(linear.weight.shape, dtype=torch.float32, device=store),
+                            torch.zeros((), device=device), torch.zeros((), device=device))
+                for name, linear in model_linears(model).items()]
+    consumer = GradientConsumer(options, G, dense)
+    chunks = batches(ids, options.batch_size)
+    total = options.steps(ids.shape[0])
+    trajectory = Trajectory(options, total)
+    with ExitStack() as stack:
+        stack.enter_context(backprop_mode(model, [m.param for m in matrices],
+                                          options.gradient_checkpointing and not options.exact,
+                                          eager=options.exact))
+        chunk = None if options.exact else options.loss_chunk  # double backward: the model's own loss
+        loss = NextTokenLoss(model, chunk, ids[:1, :16].to(device))
+        if not options.exact:
+            for m in matrices:
+                stack.callback(m.param.register_post_accumulate_grad_hook(partial(consumer.hook, m)).remove)
+        for step in tqdm(range(total), desc="dpruner domain", unit="batch", disable=not progress):
+            batch = chunks[step % len(chunks)].to(device)
+            for current in trajectory.passes(step):
+                if options.exact:
+                    exact_step(loss, batch, matrices, consumer, current)
+                else:
+                    consumer.current = current
+                    loss.backward(batch)
+    notes = {}
+    for m in matrices:
+        grad, reg = float(m.grad_sum), float(m.reg_sum)
+        notes[m.name] = {"reg_ratio": reg / grad if grad > 0 else 0.0, "grad_abs_mean": grad / total}
+    return {m.name: m.importance for m in matrices}, notes

@@ -1,0 +1,102 @@
+"""Stage 1 of D-Pruner: the general importance G = W^2 / [H^-1]_jj of every pruned matrix, from a
+statistics-only pass of the shared layer-by-layer driver over general text (dense propagation:
+the weights are not changed). G is cached on disk, keyed by the model's weights and the exact
+calibration windows, so an ablation sweep computes it once."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pruners.base import DriverSettings
+from pruners.dpruner.formulas import general_importance
+from pruners.dpruner.options import DPrunerOptions
+from pruners.dpruner.tensorfile import TensorFile
+from pruners.driver import run_layerwise
+from pruners.hessian import Hessian
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = b"dpruner-general-v2"
+
+Tensors = Mapping[str, torch.Tensor]  # a dict in memory or a TensorFile on disk
+
+
+class GeneralPass:
+    """Driver method that turns each matrix's Hessian into G (into a dict or a file) and leaves
+    the weight unchanged."""
+
+    def __init__(self, percdamp: float, sink: dict | TensorFile, store: torch.device) -> None:
+        self.percdamp = percdamp
+        self.sink = sink
+        self.store = store
+        self.notes: dict[str, dict] = {}
+
+    def make_stats(self, columns: int, device: torch.device) -> Hessian:
+        return Hessian(columns, device)
+
+    def prune_matrix(self, name: str, weight: torch.Tensor, stats: Hessian) -> tuple[None, dict]:
+        G, notes = general_importance(weight, stats.matrix(), self.percdamp)
+        if isinstance(self.sink, TensorFile):
+            self.sink.put(name, G)
+        else:
+            self.sink[name] = G.to(self.store)
+        self.notes[name] = notes
+        return None, notes
+
+
+def general_cache_key(model: nn.Module, ids: torch.Tensor, percdamp: float) -> str:
+    """Fingerprint of what G depends on: architecture, weights (a strided sample of every
+    parameter), the exact calibration windows, and the dampening."""
+    digest = hashlib.sha256(CACHE_VERSION)
+    config = getattr(model, "config", None)
+    digest.update(type(model).__name__.encode())
+    if config is not None:
+        digest.update(config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            flat = param.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
+            digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())
+            digest.update(sample.numpy().tobytes())
+    digest.update(ids.detach().cpu().to(torch.int64).numpy().tobytes())
+    digest.update(repr(float(percdamp)).encode())
+    return digest.hexdigest()[:24]
+
+
+def _loaded(stored: TensorFile, on_disk: bool) -> Tensors:
+    """Read on demand from the file (disk scratch) or all into memory."""
+    return stored if on_disk else {name: stored[name] for name in stored}
+
+
+def compute_general_importance(model: nn.Module, ids: torch.Tensor, options: DPrunerOptions,
+                               driver: DriverSettings, device: torch.device, store: torch.device,
+                               scratch: Path | None = None) -> tuple[Tensors, dict[str, dict]]:
+    """G for every pruned matrix: from the cache when this model and calibration set were seen
+    before; a file read on demand when `scratch` (G on disk) is given, else a dict on `store`."""
+    path = None
+    if options.cache_dir is not None:
+        path = options.cache_dir / f"general_{general_cache_key(model, ids, options.percdamp)}.bin"
+        cached = TensorFile.open(path, store)
+        if cached is not None:
+            log.info("D-Pruner general importance from cache %s", path)
+            return _loaded(cached, scratch is not None), cached.notes
+    settings = dataclasses.replace(driver, propagate="dense")
+    target = path or (scratch / "general.bin" if scratch is not None else None)
+    if target is None:
+        method = GeneralPass(options.percdamp, {}, store)
+        run_layerwise(model, ids, method, settings, device, label="dpruner general")
+        return method.sink, method.notes
+    with TensorFile.writing(target, store) as sink:
+        method = GeneralPass(options.percdamp, sink, store)
+        run_layerwise(model, ids, method, settings, device, label="dpruner general")
+        sink.notes = method.notes
+    if path is not None:
+        log.info("D-Pruner general importance cached at %s", path)
+    return _loaded(TensorFile.open(target, store), scratch is not None), method.notes

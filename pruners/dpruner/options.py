@@ -1,0 +1,105 @@
+"""D-Pruner's options, validated once into a frozen value that every pass reads (no pass holds
+the pruner itself)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.checks import as_float, as_int, choice
+
+IMPORTANCE = ("dual", "general_only", "domain_only")
+REGULARIZERS = ("paper", "anchor")
+REGULARIZER_GRADS = ("fisher", "exact", "none")
+CLIPS = ("lagged", "two_pass")
+SCRATCH = ("auto", "memory", "disk")
+DOMAIN_CALIB = {"nsamples": 32, "seqlen": 256}
+
+
+def _folder(value: str | None) -> Path | None:
+    return Path(os.path.expanduser(str(value))) if value else None
+
+
+@dataclass(frozen=True)
+class DPrunerOptions:
+    importance: str = "dual"  # dual | general_only (rank G) | domain_only (no regulariser)
+    lambda_: float = 0.1  # regulariser weight
+    lr: float = 3e-2  # alpha: the SGD step size and the alpha of the regulariser
+    regularizer: str = "paper"  # paper: lambda alpha^2 sum G g^2 | anchor: lambda sum G^ (w - w0)^2
+    regularizer_grad: str = "fisher"  # paper form's gradient: fisher | exact | none
+    update_weights: bool = True  # follow SGD steps while scoring (false: the frozen model, one epoch)
+    epochs: int = 1
+    batch_size: int = 4  # domain windows per backward
+    warmup_ratio: float = 0.1  # linear warm-up over this fraction of the steps, then linear decay
+    max_grad_norm: float | None = 1.0  # clip of the refined gradient's global norm (None: no clip)
+    clip: str = "lagged"  # lagged: previous step's norm (one backward) | two_pass: this step's (two)
+    blocking: bool = False  # compare I within column blocks instead of the whole matrix
+    block_size: int = 128
+    percdamp: float = 0.01  # Hessian dampening of G, as SparseGPT
+    gradient_checkpointing: bool = True
+    loss_chunk: int | None = 64  # output-layer tokens at a time (None: the model's own loss)
+    buffers_on_cpu: bool = False  # I (and G in memory) on the CPU while the model is on the accelerator
+    scratch: str = "auto"  # where G and the dense copy live: memory | disk | auto (disk on a CPU)
+    scratch_dir: Path | None = None  # disk scratch folder (None: the system temp dir)
+    cache_dir: Path | None = None  # G cached by model weights + general windows (None: off)
+    domain_calib: Mapping[str, int] = field(default_factory=lambda: dict(DOMAIN_CALIB))
+
+    def __post_init__(self) -> None:
+        given = dict(self.domain_calib or {})
+        values: dict[str, Any] = {
+            "importance": choice("pruner.importance", self.importance, IMPORTANCE),
+            "regularizer": choice("pruner.regularizer", self.regularizer, REGULARIZERS),
+            "regularizer_grad": choice("pruner.regularizer_grad", self.regularizer_grad, REGULARIZER_GRADS),
+            "clip": choice("pruner.clip", self.clip, CLIPS),
+            "scratch": choice("pruner.scratch", self.scratch, SCRATCH),
+            "lambda_": as_float("pruner.lambda_", self.lambda_, 0.0),
+            "lr": as_float("pruner.lr", self.lr, 0.0, open_low=True),
+            "epochs": as_int("pruner.epochs", self.epochs, 1),
+            "batch_size": as_int("pruner.batch_size", self.batch_size, 1),
+            "block_size": as_int("pruner.block_size", self.block_size, 1),
+            "warmup_ratio": as_float("pruner.warmup_ratio", self.warmup_ratio, 0.0, 1.0, open_high=True),
+            "percdamp": as_float("pruner.percdamp", self.percdamp, 0.0, 1.0, open_low=True, open_high=True),
+            "max_grad_norm": None if self.max_grad_norm is None
+            else as_float("pruner.max_grad_norm", self.max_grad_norm, 0.0, open_low=True),
+            "loss_chunk": None if self.loss_chunk is None
+            else as_int("pruner.loss_chunk", self.loss_chunk, 1),
+            "update_weights": bool(self.update_weights), "blocking": bool(self.blocking),
+            "gradient_checkpointing": bool(self.gradient_checkpointing),
+            "buffers_on_cpu": bool(self.buffers_on_cpu),
+            "scratch_dir": _folder(self.scratch_dir), "cache_dir": _folder(self.cache_dir),
+            "domain_calib": {key: as_int(f"pruner.domain_calib.{key}", given.get(key, default), 1)
+                             for key, default in DOMAIN_CALIB.items()},
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def regularized(self) -> bool:
+        """Whether the domain gradient carries a regulariser term at all."""
+        return self.importance == "dual" and self.regularizer_grad != "none" and self.lambda_ > 0
+
+    @property
+    def needs_general(self) -> bool:
+        return self.importance == "general_only" or self.regularized
+
+    @property
+    def exact(self) -> bool:
+        """The paper form's regulariser gradient by double backward (a Hessian-vector product)."""
+        return self.regularized and self.regularizer == "paper" and self.regularizer_grad == "exact"
+
+    def steps(self, windows: int) -> int:
+        """Backward steps over `windows` domain windows; frozen weights take one epoch, since more
+        would only repeat the same gradients."""
+        per_epoch = math.ceil(windows / self.batch_size)
+        return per_epoch * (self.epochs if self.update_weights else 1)
+
+    def on_disk(self, device: torch.device) -> bool:
+        """G and the dense copy in scratch files (`auto`: when pruning on a CPU, where memory is
+        the scarce thing)."""
+        return self.scratch == "disk" or (self.scratch == "auto" and device.type == "cpu")

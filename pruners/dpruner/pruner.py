@@ -1,0 +1,138 @@
+"""D-Pruner (Zhang et al., "Pruning as a Domain-specific LLM Extractor", NAACL Findings 2024):
+keep the weights that matter both for general ability and for the target domain.
+
+1. General importance G (general.py), 2. domain importance I from the refined loss (domain.py),
+3. mask: keep the top (1 - sparsity) of I (of G for `general_only`) per matrix, per column block
+or per N:M group, applied to the original dense weights (below).
+
+Memory: the model, I (fp32) and, while the regulariser needs it, G (fp32). With G on disk
+(`scratch: disk`, or `auto` on a CPU) G and the dense copy live in files read one matrix at a time;
+otherwise G sits with I (on the device, or the CPU with `buffers_on_cpu`) and the dense copy in
+CPU memory."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from core.calibration import Calibration, WindowRequest
+from core.checks import as_int
+from core.errors import ConfigError
+from core.memory import peak_memory_mb
+from core.structure import model_linears
+from pruners.base import MatrixReport, Pruner, register
+from pruners.dpruner.domain import domain_importance
+from pruners.dpruner.general import Tensors, compute_general_importance
+from pruners.dpruner.options import DPrunerOptions
+from pruners.dpruner.tensorfile import TensorFile
+from pruners.masks import select_mask
+
+log = logging.getLogger(__name__)
+
+
+class StageClock:
+    """Seconds and peak memory of each stage, in order."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.last, self.stages = device, time.perf_counter(), {}
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = {"seconds": now - self.last, "peak_mb": peak_memory_mb(self.device)}
+        self.last = now
+
+
+def dense_copy(model: nn.Module, scratch: Path | None) -> Tensors:
+    """The original weights, restored after the trajectory (CPU memory, or a scratch file)."""
+    linears = model_linears(model)
+    if scratch is None:
+        return {name: linear.weight.detach().to("cpu", copy=True) for name, linear in linears.items()}
+    with TensorFile.writing(scratch / "dense.bin") as copy:
+        for name, linear in linears.items():
+            copy.put(name, linear.weight)
+    return TensorFile.open(scratch / "dense.bin")
+
+
+@register("dpruner")
+class DPruner(Pruner):
+    def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
+                 **options: Any) -> None:
+        super().__init__(sparsity, pattern, driver)
+        self.options = DPrunerOptions(**options)
+        self.stages: dict[str, dict[str, float]] = {}  # last prune: seconds and peak memory per stage
+
+    def calibration_requests(self, calib: Mapping[str, Any]) -> dict[str, WindowRequest]:
+        """General windows (the `calib` group's sizes, always C4-like general text) while G is
+        needed; domain windows of the pruner's own `domain_calib` sizes unless only G ranks."""
+        o, requests = self.options, {}
+        if o.needs_general:
+            requests["general"] = WindowRequest("general", as_int("calib.nsamples", calib["nsamples"]),
+                                                as_int("calib.seqlen", calib["seqlen"]),
+                                                calib_keys=("nsamples", "seqlen"))
+        if o.importance != "general_only":
+            requests["domain"] = WindowRequest("domain", o.domain_calib["nsamples"], o.domain_calib["seqlen"])
+        return requests
+
+    def prune(self, model: nn.Module, calibration: Calibration,
+              device: torch.device) -> list[MatrixReport]:
+        o = self.options
+        for slot in self.calibration_requests({"nsamples": 1, "seqlen": 2}):
+            if getattr(calibration, slot) is None:
+                raise ConfigError(f"D-Pruner needs {slot} calibration windows (calibration.{slot})")
+        store = torch.device("cpu") if o.buffers_on_cpu else device
+        clock = StageClock(device)
+        with ExitStack() as stack:
+            scratch = None
+            if o.on_disk(device):
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                    prefix="dpruner-", dir=o.scratch_dir)))
+            G, general_notes = {}, {}
+            if o.needs_general:
+                G, general_notes = compute_general_importance(model, calibration.general, o, self.driver,
+                                                              device, store, scratch)
+            clock.mark("general")
+            dense, domain_notes = None, {}
+            if o.importance == "general_only":
+                scores = G
+            else:
+                dense = dense_copy(model, scratch) if o.update_weights else None
+                scores, domain_notes = domain_importance(model, calibration.domain, G, dense, o, device,
+                                                         store, self.driver.progress)
+                ratio = statistics.fmean(n["reg_ratio"] for n in domain_notes.values())
+                log.info("D-Pruner regulariser / gradient (mean over matrices): %.3g", ratio)
+                del G
+            clock.mark("domain")
+            reports = self.apply_masks(model, scores, dense)
+        clock.mark("mask")
+        self.stages = clock.stages
+        for report in reports:
+            report.notes.update(general_notes.get(report.name, {}))
+            report.notes.update(domain_notes.get(report.name, {}))
+        if self.driver.offload:
+            model.to("cpu")
+        return reports
+
+    @torch.no_grad()
+    def apply_masks(self, model: nn.Module, scores: Tensors, dense: Tensors | None) -> list[MatrixReport]:
+        """Keep the top (1 - sparsity) of each score matrix; kept weights are the original ones."""
+        group = "block" if self.options.blocking else "matrix"
+        reports = []
+        for name, linear in tqdm(model_linears(model).items(), desc="dpruner mask", unit="matrix",
+                                 disable=not self.driver.progress):
+            start = time.perf_counter()
+            weight = linear.weight.data
+            keep = select_mask(scores[name], self.sparsity, self.pattern, group, self.options.block_size)
+            original = weight if dense is None else dense[name].to(weight.device)
+            weight.copy_(torch.where(keep.to(weight.device), original, torch.zeros((), dtype=weight.dtype)))
+            reports.append(MatrixReport.since(start, name, weight))
+        return reports
