@@ -49,9 +49,8 @@ from core.calibration import WindowRequest, build_calibration, calibration_files
 from core.checks import as_int  # noqa: E402
 from core.data import resolve_data_root  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
-from core.files import atomic_dir  # noqa: E402
 from core.memory import peak_memory_mb  # noqa: E402
-from core.models import check_model, load_model, resolve_device  # noqa: E402
+from core.models import check_model, load_model, resolve_device, save_model  # noqa: E402
 from core.paths import project_path  # noqa: E402
 from core.structure import sparsity_summary  # noqa: E402
 from evals.suite import check_eval_inputs, evaluate  # noqa: E402
@@ -88,14 +87,6 @@ def validate(cfg: DictConfig) -> Cell:
     return Cell(pruner, requests, root, config, record_key(config), project_path(cfg.results.dir))
 
 
-def save_pruned(model: Any, tokenizer: Any, folder: Path) -> Path:
-    """The pruned model as a safetensors folder (staged, so a killed save leaves no half model)."""
-    with atomic_dir(folder) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-    return folder
-
-
 def run_cell(cfg: DictConfig) -> Path | None:
     cell = validate(cfg)
     if finished(cell.results_dir, cell.key) and not cfg.force:
@@ -128,7 +119,7 @@ def run_cell(cfg: DictConfig) -> Path | None:
         record["masks"] = f"masks/{cell.key}.npz"  # relative to the record's folder
     if cfg.save_model:
         folder = cell.results_dir.parent / "models" / cell.key
-        record["saved_model"] = str(save_pruned(model, tokenizer, folder))
+        record["saved_model"] = str(save_model(model, tokenizer, folder))
     path = save_record(cell.results_dir, record)
     log_record(record, cfg.logger)
     shown = ", ".join(f"{k}={v:.3f}" for k, v in evaluation.metrics.items() if k.endswith("/ppl"))

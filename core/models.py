@@ -155,3 +155,12 @@ def load_model(cfg: Any) -> tuple[PreTrainedModel, Any]:
     model.eval()
     return model.to(resolve_device(cfg.device)), tokenizer
 
+
+
+def save_model(model: PreTrainedModel, tokenizer: Any, folder: Path) -> Path:
+    """A (pruned) model and its tokenizer as a safetensors folder that `model=hub
+    model.name_or_path=<folder>` loads; staged, so a killed save leaves no half model."""
+    with atomic_dir(folder) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return folder

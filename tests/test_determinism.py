@@ -35,6 +35,7 @@ def mask_digest(method: str) -> str:
     return digest.hexdigest()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(OPTIONS))
 def test_same_seed_same_mask_across_processes(method: str) -> None:
     here = mask_digest(method)

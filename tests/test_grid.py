@@ -112,6 +112,7 @@ def test_command_line_narrows_a_preset() -> None:
 
 # ------------------------------------------------------------------------------ resume, kill
 
+@pytest.mark.slow
 def test_grid_killed_mid_cell_resumes_with_every_record_once(tmp_path: Path) -> None:
     """Also: with logger=none nothing of W&B appears (HOME is the test folder)."""
     results = tmp_path / "runs"
@@ -153,6 +154,7 @@ def test_grid_killed_mid_cell_resumes_with_every_record_once(tmp_path: Path) -> 
 
 # ---------------------------------------------------------------------------------- launchers
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", [
     ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
@@ -166,6 +168,7 @@ def test_launcher_runs_a_two_cell_grid(launcher: list[str], tmp_path: Path) -> N
 
 # ---------------------------------------------------------------------------------------- W&B
 
+@pytest.mark.slow
 def test_wandb_offline_without_credentials(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

@@ -23,6 +23,7 @@ def run(*overrides: str, results: Path | None = None, timeout: int = 600) -> sub
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("override", "expected"), [
     (["pruner=foo"], "unknown pruner 'foo'"),
     (["sparsity=1.5"], "sparsity=1.5 is outside [0, 1)"),
@@ -80,6 +81,7 @@ def test_end_to_end_on_embedded_model(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.json"))) == 3
 
 
+@pytest.mark.slow
 def test_saved_pruned_model_reloads_with_identical_perplexity(tmp_path: Path) -> None:
     tiny = ["model=tiny-llama", "eval=smoke", "calib.nsamples=2", "calib.seqlen=64", "driver.progress=false"]
     pruned = run(*tiny, "pruner=wanda", "save_model=true", results=tmp_path / "runs")
