@@ -106,17 +106,20 @@ def calibration_settings(requests: Mapping[str, WindowRequest],
     return {key: calib[key] for key in calib if key in keys}
 
 
-def token_stream(tokenizer: Any, texts: list[str], max_tokens: int | None = None) -> torch.Tensor:
+def token_stream(tokenizer: Any, texts: list[str], max_tokens: int | None = None,
+                 chunk: int = 64) -> torch.Tensor:
     """Concatenate documents (EOS between them) into one token sequence; stops early once
-    `max_tokens` are collected."""
+    `max_tokens` are collected. Documents are tokenized `chunk` at a time (a fast tokenizer
+    then uses every core), which gives exactly the ids of one call per document."""
     eos = tokenizer.eos_token_id
     pieces: list[int] = []
-    for text in texts:
-        pieces.extend(tokenizer(text, add_special_tokens=False).input_ids)
-        if eos is not None:
-            pieces.append(eos)
-        if max_tokens is not None and len(pieces) >= max_tokens:
-            break
+    for start in range(0, len(texts), chunk):
+        for ids in tokenizer(texts[start : start + chunk], add_special_tokens=False).input_ids:
+            pieces.extend(ids)
+            if eos is not None:
+                pieces.append(eos)
+            if max_tokens is not None and len(pieces) >= max_tokens:
+                return torch.tensor(pieces, dtype=torch.long)
     return torch.tensor(pieces, dtype=torch.long)
 
 

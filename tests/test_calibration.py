@@ -18,6 +18,7 @@ from core.calibration import (
     domain_windows,
     general_windows,
     mixed_windows,
+    token_stream,
 )
 from core.data import read_jsonl, resolve_data_root
 from core.domain_texts import billsum_text, casehold_text, domain_texts, meqsum_text, pubmedqa_text, rqe_text
@@ -160,3 +161,14 @@ def test_requests_build_the_windows_files_and_key_settings(tokenizer):
         WindowRequest.from_calib({**calib, "source": "c4"})
     with pytest.raises(ConfigError, match="whole number|numbers"):
         WindowRequest.from_calib({**calib, "nsamples": "abc"})
+
+
+def test_token_stream_equals_one_call_per_document(tokenizer, legal):
+    """Chunked tokenization gives the ids of tokenizing each document alone, EOS after each."""
+    texts = legal[:150]
+    expected = [i for text in texts for i in (*tokenizer(text, add_special_tokens=False).input_ids,
+                                              tokenizer.eos_token_id)]
+    assert token_stream(tokenizer, texts, chunk=64).tolist() == expected
+    budget = len(expected) // 2
+    cut = token_stream(tokenizer, texts, max_tokens=budget, chunk=7).tolist()
+    assert len(cut) >= budget and cut == expected[: len(cut)] and cut[-1] == tokenizer.eos_token_id
