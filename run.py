@@ -110,6 +110,7 @@ def run_cell(cfg: DictConfig) -> Path | None:
         cell.key, cell.config, pruner=cell.pruner.name,
         calib_source=cell.requests["ids"].source if "ids" in cell.requests else None,
         metrics=evaluation.metrics, sparsity=sparsity_summary(model), prune_seconds=prune_seconds,
+        prune_stages=cell.pruner.stages,
         matrices=[r.as_dict() for r in reports], eval_seconds=evaluation.seconds,
         eval_details=evaluation.details, samples=evaluation.samples,
         memory={"peak_rss_mb": peak_memory_mb(),

@@ -92,6 +92,7 @@ class Pruner:
         self.pattern = Pattern.parse(pattern)
         self.sparsity = self.pattern.sparsity(check_sparsity(sparsity))
         self.driver = DriverSettings.of(driver)
+        self.stages: dict[str, dict[str, float]] = {}  # after prune: seconds and peak memory per stage
 
     def calibration_requests(self, calib: Mapping[str, Any]) -> dict[str, WindowRequest]:
         """The windows `prune` reads, by `Calibration` slot."""

@@ -8,7 +8,8 @@ Record layout (RECORD_VERSION 2):
   config: the resolved config, normalised (see `cell_config`)
   metrics: flat {"<domain|general>/<task>/<metric>": float}
   sparsity: {achieved (over the pruned matrices), model (over all parameters), per_matrix}
-  prune: {seconds, matrices: [per-matrix report: name, shape, error, seconds, peak_mem_mb, notes]}
+  prune: {seconds, stages (D-Pruner: seconds and peak memory of general / domain / mask),
+          matrices: [per-matrix report: name, shape, error, seconds, peak_mem_mb, notes]}
   eval: {seconds, details}
   memory: {peak_rss_mb, peak_cuda_mb}
   versions, git, samples (generated texts), masks (path relative to the record, or null),
@@ -104,8 +105,9 @@ def git_revision() -> str:
 
 def new_record(key: str, config: Mapping[str, Any], *, pruner: str, calib_source: str | None,
                metrics: Mapping[str, float], sparsity: Mapping[str, Any], prune_seconds: float,
-               matrices: list[dict[str, Any]], eval_seconds: float, eval_details: Mapping[str, Any],
-               samples: Mapping[str, list], memory: Mapping[str, float | None]) -> dict[str, Any]:
+               prune_stages: Mapping[str, Any], matrices: list[dict[str, Any]], eval_seconds: float,
+               eval_details: Mapping[str, Any], samples: Mapping[str, list],
+               memory: Mapping[str, float | None]) -> dict[str, Any]:
     """A finished cell's record in the layout above."""
     return {
         "key": key, "version": RECORD_VERSION, "status": "done",
@@ -116,7 +118,7 @@ def new_record(key: str, config: Mapping[str, Any], *, pruner: str, calib_source
         "config": dict(config),
         "metrics": dict(metrics),
         "sparsity": dict(sparsity),
-        "prune": {"seconds": prune_seconds, "matrices": matrices},
+        "prune": {"seconds": prune_seconds, "stages": dict(prune_stages), "matrices": matrices},
         "eval": {"seconds": eval_seconds, "details": dict(eval_details)},
         "memory": dict(memory),
         "versions": versions(), "git": git_revision(), "samples": dict(samples), "masks": None,

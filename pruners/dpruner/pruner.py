@@ -69,7 +69,6 @@ class DPruner(Pruner):
                  **options: Any) -> None:
         super().__init__(sparsity, pattern, driver)
         self.options = DPrunerOptions(**options)
-        self.stages: dict[str, dict[str, float]] = {}  # last prune: seconds and peak memory per stage
 
     def calibration_requests(self, calib: Mapping[str, Any]) -> dict[str, WindowRequest]:
         """General windows (the `calib` group's sizes, always C4-like general text) while G is

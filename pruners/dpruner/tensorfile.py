@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from core.files import atomic_open, write_atomic
+from core.files import atomic_open, read_json, write_atomic
 
 DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
 
@@ -53,7 +53,7 @@ class TensorFile(Mapping[str, torch.Tensor]):
         meta = Path(f"{path}.json")
         if not meta.exists() or not Path(path).exists():
             return None
-        payload = json.loads(meta.read_text(encoding="utf-8"))
+        payload = read_json(meta, "a tensor file index {index, notes}")
         return cls(path, payload["index"], payload.get("notes"), device)
 
     def put(self, name: str, tensor: torch.Tensor) -> None:
