@@ -76,6 +76,7 @@ def validate(cfg: DictConfig) -> Cell:
     pruner = from_config(plain["pruner"], sparsity=plain["sparsity"], pattern=plain["pattern"],
                          driver=plain["driver"])
     root = resolve_data_root(cfg.data.root)
+    WindowRequest.from_calib(cfg.calib)  # the calib group is checked even where a method ignores it
     requests = pruner.calibration_requests(cfg.calib)
     calibration_files(requests, cfg.data.general.calib, cfg.domain.calib, root)
     check_eval_inputs(cfg.domain, cfg.data.general, root)
