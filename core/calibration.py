@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from core.checks import as_float, as_int
 from core.data import data_path, load_texts
 from core.domain_texts import domain_texts
 from core.errors import ConfigError
@@ -52,11 +53,9 @@ class WindowRequest:
     @classmethod
     def from_calib(cls, calib: Mapping[str, Any]) -> WindowRequest:
         """The baselines' request: every value of the `calib` group."""
-        try:
-            return cls(str(calib["source"]), int(calib["nsamples"]), int(calib["seqlen"]),
-                       float(calib.get("mix", 0.5)), CALIB_KEYS)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"calib settings must be numbers where numbers are expected ({err})") from err
+        return cls(str(calib["source"]), as_int("calib.nsamples", calib["nsamples"]),
+                   as_int("calib.seqlen", calib["seqlen"]), as_float("calib.mix", calib.get("mix", 0.5)),
+                   CALIB_KEYS)
 
     @property
     def texts(self) -> tuple[str, ...]:

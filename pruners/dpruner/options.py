@@ -89,6 +89,10 @@ class DPrunerOptions:
         return self.importance == "general_only" or self.regularized
 
     @property
+    def needs_domain(self) -> bool:
+        return self.importance != "general_only"
+
+    @property
     def exact(self) -> bool:
         """The paper form's regulariser gradient by double backward (a Hessian-vector product)."""
         return self.regularized and self.regularizer == "paper" and self.regularizer_grad == "exact"

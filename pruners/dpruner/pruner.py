@@ -78,15 +78,15 @@ class DPruner(Pruner):
             requests["general"] = WindowRequest("general", as_int("calib.nsamples", calib["nsamples"]),
                                                 as_int("calib.seqlen", calib["seqlen"]),
                                                 calib_keys=("nsamples", "seqlen"))
-        if o.importance != "general_only":
+        if o.needs_domain:
             requests["domain"] = WindowRequest("domain", o.domain_calib["nsamples"], o.domain_calib["seqlen"])
         return requests
 
     def prune(self, model: nn.Module, calibration: Calibration,
               device: torch.device) -> list[MatrixReport]:
         o = self.options
-        for slot in self.calibration_requests({"nsamples": 1, "seqlen": 2}):
-            if getattr(calibration, slot) is None:
+        for slot, needed in (("general", o.needs_general), ("domain", o.needs_domain)):
+            if needed and getattr(calibration, slot) is None:
                 raise ConfigError(f"D-Pruner needs {slot} calibration windows (calibration.{slot})")
         store = torch.device("cpu") if o.buffers_on_cpu else device
         clock = StageClock(device)
@@ -101,7 +101,7 @@ class DPruner(Pruner):
                                                               device, store, scratch)
             clock.mark("general")
             dense, domain_notes = None, {}
-            if o.importance == "general_only":
+            if not o.needs_domain:
                 scores = G
             else:
                 dense = dense_copy(model, scratch) if o.update_weights else None
