@@ -1,6 +1,7 @@
 """The leaderboard from constructed records (no model runs): the right cells, the best marked,
-gaps empty, broken records reported and skipped, valid PNG plots with the ablations in a figure
-of their own; masks round-trip and Jaccard; the W&B per-matrix table of both record versions."""
+gaps empty, every kind of unusable record named with its reason and skipped, valid PNG plots
+with the ablations in a figure of their own; masks round-trip and Jaccard; the W&B per-matrix
+table of both record versions."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.image
@@ -34,7 +36,14 @@ def make_record(key: str, pruner: str, domain: str, sparsity: float, metrics: di
     return {"key": key, "version": 1, "status": "done", "cell": cell,
             "config": {"pruner": {"name": pruner, **pruner_options}, "sparsity": sparsity,
                        "pattern": pattern},
-            "metrics": metrics, "prune": {"seconds": 1.5}, "masks": masks}
+            "metrics": metrics, "prune": {"seconds": 1.5}, "eval": {"seconds": 1.0, "details": {}},
+            "masks": masks}
+
+
+def write_raw(folder: Path, name: str, record: dict) -> None:
+    """As a hand-edited or foreign file would be: no checks (save_record refuses bad metrics)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(record), encoding="utf-8")  # NaN as JSON allows
 
 
 def legal(ppl: float, f1: float | None, wiki: float) -> dict[str, float]:
@@ -75,7 +84,10 @@ def values(block: leaderboard.Block, label: str) -> dict:
 
 
 def test_tables_cells_best_and_gaps(results: Path) -> None:
-    suites = leaderboard.build(leaderboard.read_cells(results))
+    cells, skipped = leaderboard.read_cells(results)
+    assert len(skipped) == 1
+    assert skipped[0].startswith(f"skipped {results / 'corrupt.json'}: unreadable record (")
+    suites = leaderboard.build(cells)
     assert set(suites) == {"legal", "healthcare"}
     (suite,) = suites["legal"]
     assert [b.title for b in suite.blocks] == [
@@ -168,9 +180,90 @@ def test_wandb_table_and_images_offline(results: Path, tmp_path: Path,
     assert plotted == {p.stem for p in (tmp_path / "board").glob("*.png")}
 
 
-def test_no_records_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def break_metric(value: object) -> Callable[[dict], None]:
+    return lambda record: record["metrics"].update({"legal/multilegalpile/ppl": value})
+
+
+# Each kind of record the leaderboard cannot use, and the reason it gives.
+UNUSABLE = {
+    "text-metric": (break_metric("n/a"), "metric legal/multilegalpile/ppl is 'n/a', not a finite number"),
+    "null-metric": (break_metric(None), "metric legal/multilegalpile/ppl is None, not a finite number"),
+    "nan-metric": (break_metric(float("nan")), "metric legal/multilegalpile/ppl is nan, not a finite number"),
+    "inf-metric": (break_metric(float("inf")), "metric legal/multilegalpile/ppl is inf, not a finite number"),
+    "bool-metric": (break_metric(True), "metric legal/multilegalpile/ppl is True, not a finite number"),
+    "no-metrics": (lambda r: r.update(metrics={}), "no metrics"),
+    "metric-name": (lambda r: r["metrics"].update(ppl=1.0),
+                    "metric name 'ppl' is not <scope>/<task>/<metric>"),
+    "metrics-list": (lambda r: r.update(metrics=[1.0]), "'metrics' is a list, not a block of named values"),
+    "cell-list": (lambda r: r.update(cell=["tiny"]), "'cell' is a list, not a block of named values"),
+    "no-cell": (lambda r: r.pop("cell"), "no 'cell' block"),
+    "cell-lacks": (lambda r: [r["cell"].pop(k) for k in ("model", "sparsity")],
+                   "the cell block lacks model, sparsity"),
+    "cell-domain": (lambda r: r["cell"].update(domain=3), "cell.domain is 3, not a name"),
+    "cell-sparsity": (lambda r: r["cell"].update(sparsity="half"),
+                      "cell.sparsity is 'half', not a fraction in [0, 1)"),
+    "cell-full": (lambda r: r["cell"].update(sparsity=1.0), "cell.sparsity is 1.0, not a fraction in [0, 1)"),
+    "cell-calib": (lambda r: r["cell"].update(calib=["c4"]), "cell.calib is ['c4'], not a name"),
+    "version-3": (lambda r: r.update(version=3), "record version 3; this leaderboard reads versions 1 to 2"),
+    "no-version": (lambda r: r.pop("version"), "record version None; this leaderboard reads versions 1 to 2"),
+    "no-key": (lambda r: r.update(key=""), "key is '', not a name"),
+    "prune-text": (lambda r: r.update(prune="fast"), "'prune' is a str, not a block of named values"),
+    "prune-seconds": (lambda r: r["prune"].update(seconds="1s"),
+                      "prune.seconds is '1s', not a finite number"),
+    "config-list": (lambda r: r.update(config=[]), "'config' is a list, not a block of named values"),
+    "masks-number": (lambda r: r.update(masks=3), "masks is 3, not a file name"),
+}
+UNREADABLE = {  # file text -> reason (from the record store)
+    "truncated": ('{"key": "x", "status": "do', "unreadable record (Unterminated string"),
+    "unfinished": ('{"key": "x", "status": "running", "metrics": {}}',
+                   "not a finished record (no status 'done' / metrics)"),
+    "a-list": ("[1, 2]", "not a finished record (no status 'done' / metrics)"),
+}
+
+
+def test_unusable_records_are_named_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Beside good records, every kind of bad one is named with its reason on stderr, one line
+    each, and the leaderboard is built from the good ones (exit 0)."""
+    folder = tmp_path / "runs"
+    save_record(folder, make_record("good-dense", "dense", "legal", 0.0, legal(10.0, 0.4, 20.0), calib=None))
+    save_record(folder, make_record("good-wanda", "wanda", "legal", 0.5, legal(15.0, 0.35, 25.0)))
+    for name, (spoil, _) in UNUSABLE.items():
+        record = make_record(name, "magnitude", "legal", 0.5, legal(30.0, 0.3, 60.0))
+        spoil(record)
+        write_raw(folder, name, record)
+    for name, (text, _) in UNREADABLE.items():
+        (folder / f"{name}.json").write_text(text, encoding="utf-8")
+
+    out = tmp_path / "board"
+    assert main([str(folder), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("skipped ")]
+    assert len(lines) == len(captured.err.splitlines()) == len(UNUSABLE) + len(UNREADABLE)
+    for name, (_, why) in UNUSABLE.items():
+        assert f"skipped {folder / name}.json: {why}" in lines
+    for name, (_, why) in UNREADABLE.items():
+        assert any(line.startswith(f"skipped {folder / name}.json: {why}") for line in lines), name
+    assert f"leaderboard: 2 cells ({len(lines)} record(s) skipped)" in captured.out
+    rows = list(csv.DictReader(io.StringIO((out / "legal.csv").read_text(encoding="utf-8"))))
+    assert [r["key"] for r in rows] == ["good-dense", "good-wanda"]
+
+
+def test_nothing_usable_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(tmp_path), "--out", str(tmp_path / "board")]) == 1
-    assert "no finished records" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"error: no usable records in {tmp_path}\n"
+
+    record = make_record("text", "wanda", "legal", 0.5, legal(15.0, None, 25.0))
+    break_metric("n/a")(record)
+    write_raw(tmp_path, "text", record)
+    assert main([str(tmp_path), "--out", str(tmp_path / "board")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"skipped {tmp_path / 'text.json'}: metric legal/multilegalpile/ppl is 'n/a', not a finite number",
+        f"error: no usable records in {tmp_path} (1 skipped, named above)"]
+    assert not (tmp_path / "board").exists()
+
+    assert main([str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: no results folder {tmp_path / 'absent'}")
 
 
 def test_direction() -> None:

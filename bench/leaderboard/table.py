@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import math
 import re
-import sys
+import reprlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.results.records import NOT_IN_KEY, BrokenRecord, iter_records
+from bench.results.records import NOT_IN_KEY, RECORD_VERSION, BrokenRecord, iter_records
 
 METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "dpruner")
 LOWER_BETTER = {"ppl", "bpb", "nll", "loss"}
@@ -68,12 +68,75 @@ class Cell:
         return {**self.record["metrics"], COST: self.record.get("prune", {}).get("seconds")}
 
 
+class UnusableRecord(ValueError):
+    """A record that reads but cannot be placed or ranked; the message says why, in one line."""
+
+
+CELL_NAMES = ("model", "eval", "domain", "pruner", "pattern")  # the cell block's text fields
+
+
+def _mapping(record: dict[str, Any], name: str, optional: bool = False) -> dict[str, Any]:
+    value = record.get(name)
+    if value is None and optional:
+        return {}
+    if not isinstance(value, dict):
+        raise UnusableRecord(f"no '{name}' block" if value is None else
+                             f"'{name}' is a {type(value).__name__}, not a block of named values")
+    return value
+
+
+def _check_cell(cell: dict[str, Any]) -> None:
+    missing = [name for name in (*CELL_NAMES, "sparsity") if name not in cell]
+    if missing:
+        raise UnusableRecord(f"the cell block lacks {', '.join(missing)}")
+    for name in CELL_NAMES:
+        if not isinstance(cell[name], str) or not cell[name]:
+            raise UnusableRecord(f"cell.{name} is {reprlib.repr(cell[name])}, not a name")
+    sparsity = cell["sparsity"]
+    if not finite(sparsity) or not 0 <= sparsity < 1:
+        raise UnusableRecord(f"cell.sparsity is {reprlib.repr(sparsity)}, not a fraction in [0, 1)")
+    if not isinstance(cell.get("calib"), str | None):
+        raise UnusableRecord(f"cell.calib is {reprlib.repr(cell['calib'])}, not a name")
+
+
+def _check_metrics(metrics: dict[str, Any]) -> None:
+    if not metrics:
+        raise UnusableRecord("no metrics")
+    for name, value in metrics.items():
+        parts = name.split("/")
+        if len(parts) != 3 or not all(parts):
+            raise UnusableRecord(f"metric name {name!r} is not <scope>/<task>/<metric>")
+        if not finite(value):
+            raise UnusableRecord(f"metric {name} is {reprlib.repr(value)}, not a finite number")
+
+
+def check_record(record: dict[str, Any]) -> None:
+    """Raise UnusableRecord naming the first value the leaderboard cannot use, so that one odd
+    record is skipped by name instead of stopping (or silently skewing) the whole leaderboard;
+    past this check, ranking, plots and CSV take the record's values as they are."""
+    version = record.get("version")
+    if isinstance(version, bool) or version not in range(1, RECORD_VERSION + 1):
+        raise UnusableRecord(f"record version {reprlib.repr(version)}; "
+                             f"this leaderboard reads versions 1 to {RECORD_VERSION}")
+    if not isinstance(record.get("key"), str) or not record["key"]:
+        raise UnusableRecord(f"key is {reprlib.repr(record.get('key'))}, not a name")
+    _check_cell(_mapping(record, "cell"))
+    _check_metrics(_mapping(record, "metrics"))
+    _mapping(record, "config", optional=True)
+    seconds = _mapping(record, "prune", optional=True).get("seconds")
+    if seconds is not None and not finite(seconds):
+        raise UnusableRecord(f"prune.seconds is {reprlib.repr(seconds)}, not a finite number")
+    if not isinstance(record.get("masks"), str | None):
+        raise UnusableRecord(f"masks is {reprlib.repr(record['masks'])}, not a file name")
+
+
 def to_cell(path: Path, record: dict[str, Any]) -> Cell:
-    """A record on the leaderboard's axes; missing or malformed cell fields raise."""
+    """A record on the leaderboard's axes; raises UnusableRecord (see `check_record`)."""
+    check_record(record)
     cell = record["cell"]
-    return Cell(path=path, record=record, model=str(cell["model"]), eval=str(cell["eval"]),
-                domain=str(cell["domain"]), method=str(cell["pruner"]), sparsity=float(cell["sparsity"]),
-                pattern=str(cell["pattern"]), calib=str(cell.get("calib") or "general"))
+    return Cell(path=path, record=record, model=cell["model"], eval=cell["eval"], domain=cell["domain"],
+                method=cell["pruner"], sparsity=float(cell["sparsity"]), pattern=cell["pattern"],
+                calib=cell.get("calib") or "general")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -196,8 +259,8 @@ class Suite:
 
 
 def finite(value: Any) -> bool:
-    """A number that can be ranked or plotted (not None, text, NaN or infinite)."""
-    return isinstance(value, int | float) and math.isfinite(value)
+    """A number that can be ranked or plotted (not None, text, a boolean, NaN or infinite)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def slug(text: str) -> str:
@@ -246,15 +309,16 @@ def build(cells: Sequence[Cell]) -> dict[str, list[Suite]]:
     return dict(out)
 
 
-def read_cells(results_dir: Path) -> list[Cell]:
-    """Every finished record as a Cell; broken or malformed ones are reported and skipped."""
-    cells = []
+def read_cells(results_dir: Path) -> tuple[list[Cell], list[str]]:
+    """Every usable record as a Cell, and a `skipped <path>: <why>` line for each record that
+    is not (unreadable, unfinished or failing `check_record`), for the caller to show."""
+    cells, skipped = [], []
     for path, record in iter_records(results_dir):
         if isinstance(record, BrokenRecord):
-            print(f"skipped: {record}", file=sys.stderr)
+            skipped.append(f"skipped {path}: {str(record).removeprefix(f'{path}: ')}")
             continue
         try:
             cells.append(to_cell(path, record))
-        except (KeyError, TypeError, ValueError) as err:
-            print(f"skipped: {path}: record without the expected cell fields ({err!r})", file=sys.stderr)
-    return cells
+        except UnusableRecord as err:
+            skipped.append(f"skipped {path}: {err}")
+    return cells, skipped
