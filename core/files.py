@@ -2,13 +2,20 @@
 
 Every file or folder the project produces (records, masks, benchmark reports, D-Pruner's scratch
 and cache files, converted and pruned models) is staged under a temporary name in the target's
-folder and renamed into place: a killed writer leaves only a hidden temporary, never a half file."""
+folder and renamed into place: a killed writer leaves only a hidden temporary, never a half file.
+The temporary's name carries the writer's host and pid (`.<name>.<host>-<pid>.<random>.tmp`), so
+that a later run can tell the leftovers of killed writers from the files of live ones and remove
+them (`remove_stale_partials`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,11 +24,28 @@ from typing import IO, Any
 
 from core.errors import ConfigError
 
+CHUNK = 1 << 20
+PARTIAL = re.compile(r"\..+\.(?P<host>[\w-]+)-(?P<pid>\d+)\.\w+\.tmp")
+
+
+class Damaged(Exception):
+    """A stored file or folder that does not match the record written with it; the message says
+    how (missing, truncated, checksum differs, unreadable index)."""
+
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _host() -> str:
+    """This host's name as one name segment (no dots), as it appears in temporary names."""
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
+
+
+def _partial_prefix(name: str) -> str:
+    return f".{name}.{_host()}-{os.getpid()}."
 
 
 @contextmanager
@@ -30,7 +54,7 @@ def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO]:
     `path`, on any failure removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_partial_prefix(path.name), suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # as a plain open() would: others on a shared disk can read
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
@@ -49,6 +73,25 @@ def write_atomic(path: Path | str, text: str) -> Path:
     return Path(path)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _set_aside(path: Path) -> Path | None:
+    """Rename `path` to a temporary name of this process (atomic: no reader sees it half
+    removed; a delete killed half way leaves a stale partial for the next start). None when
+    there is nothing at `path`."""
+    aside = path.with_name(f"{_partial_prefix(path.name)}{secrets.token_hex(4)}.tmp")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return None
+    return aside
+
+
 @contextmanager
 def atomic_dir(target: Path | str, replace: bool = True) -> Iterator[Path]:
     """Yield an empty staging folder beside `target`, renamed to `target` when the block ends
@@ -56,16 +99,81 @@ def atomic_dir(target: Path | str, replace: bool = True) -> Iterator[Path]:
     is kept and the staged copy dropped."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=_partial_prefix(target.name), suffix=".tmp"))
+    os.chmod(staging, 0o777 & ~_umask())  # as a plain mkdir would (mkdtemp makes it private)
     try:
         yield staging
-        if target.exists():
-            if not replace:
-                return
-            shutil.rmtree(target)
+        if target.exists() and not replace:
+            return
+        old = _set_aside(target)
         os.replace(staging, target)
+        if old is not None:
+            _remove(old)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def discard_damaged(what: str, err: Damaged, *paths: Path) -> None:
+    """One warning line naming the first path, then every path of the damaged entry goes, so
+    that the caller recomputes it instead of failing on it again in every later run."""
+    print(f"warning: {what} {paths[0]} is damaged ({err}); discarded, recomputing")
+    for path in paths:
+        aside = _set_aside(path)
+        if aside is not None:
+            _remove(aside)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _size(path: Path) -> int:
+    if path.is_dir() and not path.is_symlink():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+    return path.stat().st_size
+
+
+def _human_size(nbytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} B"
+
+
+def remove_stale_partials(folder: Path | str) -> list[Path]:
+    """Remove the temporaries that writers killed on this host left in `folder` (a killed G
+    cache write leaves ~26 GB at 7B): those whose pid no longer runs. A live writer's
+    temporary, or one written by another host sharing the disk, is left alone."""
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        match = PARTIAL.fullmatch(path.name)
+        if match is None or match["host"] != _host() or _alive(int(match["pid"])):
+            continue
+        try:
+            size = _size(path)
+            _remove(path)
+        except FileNotFoundError:  # another starting run removed it first
+            continue
+        print(f"removed stale partial file {path} ({_human_size(size)}) left by a killed run")
+        removed.append(path)
+    return removed
+
+
+def sha256_file(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: Path | str, expected: str = "JSON") -> Any:

