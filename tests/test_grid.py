@@ -1,6 +1,8 @@
 """Grids of tiny-model cells through run.py: the presets expand to unique cells, a grid killed
-with SIGKILL mid-cell resumes with every record exactly once, the joblib and submitit_local
-launchers run cells, and W&B logs offline without credentials (and not at all with logger=none)."""
+with SIGKILL mid-cell resumes with every record exactly once, a failed cell is one line and a
+non-zero exit (never a traceback), Ctrl-C stops a grid with one line, the joblib and
+submitit_local launchers run cells, and W&B logs offline without credentials (and not at all
+with logger=none)."""
 
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+from core.errors import ConfigError
 from core.paths import CONF_DIR, PROJECT_ROOT
-from hydra_plugins.dpruner_bench_grid import union_of_grids
+from hydra_plugins.dpruner_bench_grid import failure_lines, union_of_grids
 
 TINY = ["model=tiny-llama", "eval=smoke", "calib.nsamples=2", "calib.seqlen=64", "driver.progress=false"]
 REAL_CACHE = os.environ.get("DPB_CACHE_DIR", str(Path("~/.cache/dpruner-bench").expanduser()))
@@ -38,10 +42,10 @@ def command(tmp: Path, results: Path, *overrides: str) -> list[str]:
 
 
 def run_py(tmp: Path, results: Path, *overrides: str, env: dict[str, str] | None = None,
-           timeout: int = 300) -> subprocess.CompletedProcess:
+           timeout: int = 300, returncode: int = 0) -> subprocess.CompletedProcess:
     result = subprocess.run(command(tmp, results, *overrides), cwd=PROJECT_ROOT, env=env or environment(),
                             capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.returncode == returncode, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
 
@@ -150,6 +154,71 @@ def test_grid_killed_mid_cell_resumes_with_every_record_once(tmp_path: Path) -> 
     assert {k: (results / f"{r['key']}.json").stat().st_mtime_ns for k, r in before.items()} == stamps
     no_leftovers(results)
     assert not [p for p in tmp_path.rglob("*") if "wandb" in p.name.lower()]
+
+
+# ------------------------------------------------------------------------------ failed cells
+
+def job(overrides: list[str], error: BaseException | None, output_dir: Path) -> JobReturn:
+    result = JobReturn(overrides=overrides, status=JobStatus.FAILED if error else JobStatus.COMPLETED,
+                       hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(output_dir)}}}))
+    result.return_value = error
+    return result
+
+
+def test_failed_cells_are_named_by_what_sets_them_apart(tmp_path: Path) -> None:
+    """A ConfigError is its message; any other error gets its type and a kept traceback."""
+    try:
+        raise RuntimeError("CUDA out of memory\nTried to allocate 2 GiB")
+    except RuntimeError as err:
+        bug = err
+    jobs = [["pruner=wanda", f"sparsity={s}", "eval=smoke"] for s in (0.5, 0.6, 1.5)]
+    returns = [job(jobs[0], None, tmp_path), job(jobs[1], bug, tmp_path),
+               job(jobs[2], ConfigError("sparsity=1.5 is outside [0, 1)"), tmp_path)]
+    assert failure_lines(returns, jobs) == [
+        f"failed: sparsity=0.6 — RuntimeError: CUDA out of memory (traceback: {tmp_path / 'traceback.txt'})",
+        "failed: sparsity=1.5 — sparsity=1.5 is outside [0, 1)"]
+    kept = (tmp_path / "traceback.txt").read_text(encoding="utf-8")
+    assert kept.startswith("Traceback") and "Tried to allocate 2 GiB" in kept
+    assert failure_lines(returns[2:], jobs[2:]) == [  # one cell: every override names it
+        "failed: pruner=wanda sparsity=1.5 eval=smoke — sparsity=1.5 is outside [0, 1)"]
+
+
+@pytest.mark.slow
+def test_failed_cell_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    """A plain `-m` grid (no sweeper chosen): the bad cell fails before its model loads, the
+    good one is recorded, and the grid ends in one line per failed cell, a count and exit 1."""
+    results = tmp_path / "runs"
+    result = run_py(tmp_path, results, "-m", "pruner=magnitude", "sparsity=0.5,1.5", "logger=none",
+                    returncode=1)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    failed = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 1 and failed[0].startswith("failed: sparsity=1.5 — "), result.stderr[-3000:]
+    assert "sparsity=1.5" in failed[0].split(" — ", 1)[1]
+    assert result.stderr.rstrip().endswith("grid: 2 cells, 1 failed")
+    assert set(records(results)) == {("magnitude", 0.5, "unstructured")}
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_grid_in_one_line(tmp_path: Path) -> None:
+    """SIGINT while the second cell runs: the first cell's record stays, nothing half-written,
+    one `interrupted:` line, exit 130, no traceback."""
+    results = tmp_path / "runs"
+    args = command(tmp_path, results, "-m", "pruner=magnitude,wanda", "logger=none")
+    proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if "#1 :" in line:  # Hydra launches the second cell
+                break
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and err.rstrip().endswith("interrupted: grid stopped after 1 of 2 cells")
+    assert set(records(results)) == {("magnitude", 0.5, "unstructured")}
+    no_leftovers(results)
 
 
 # ---------------------------------------------------------------------------------- launchers
