@@ -3,6 +3,8 @@
 Tasks are the YAMLs in evals/tasks; their data paths are decided at run time (the domain config,
 resolved against the data root) and reach the YAMLs' dataset hooks as lm-eval task metadata.
 Each task runs on its own so that it gets its own item limit, generation length and wall time.
+A user's own task (one with a `kind`, evals/tasks/kinds.py) runs as the YAML of the built-in task
+it is like, under its own name and with its own docs: same prompt, choices, metrics and version.
 
 Multiple choice shares the prompt between candidates: lm-eval's HFLM only reuses logits when every
 candidate is a single token, so PrefixSharingLM runs the prompt once per item and scores all
@@ -10,10 +12,11 @@ candidates from its key/value cache (CaseHOLD's five ~30-token holdings cost one
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +24,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from lm_eval.evaluator import evaluate
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
+from core.checks import as_int
 from core.data import data_path
 from core.errors import ConfigError
-from evals.tasks.readers import READERS
-from evals.tasks.utils import first_line
+from evals.tasks.kinds import KINDS, user_source
+from evals.tasks.readers import read_task
+from evals.tasks.utils import first_line, task_docs
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +54,65 @@ class TaskResults:
     items: dict[str, int] = field(default_factory=dict)
     limits: dict[str, int | None] = field(default_factory=dict)  # the preset's limit (None = all items)
     versions: dict[str, Any] = field(default_factory=dict)  # task YAML versions (prompt changes)
+    kinds: dict[str, dict[str, str]] = field(default_factory=dict)  # user tasks: kind and template
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """The eval preset's `tasks` block, typed: generation batch, item limits, generation lengths."""
+
+    batch_size: int
+    limit: dict[str, int | None]
+    max_new_tokens: dict[str, int]
+
+    def of(self, name: str, source: Mapping[str, Any]) -> tuple[int | None, int | None]:
+        """Limit and max_new_tokens of a task; a user task without its own entries takes those of
+        the built-in task it is like (so a preset bounds it as it bounds that task)."""
+        like = source.get("like", name)
+        limit = self.limit[name] if name in self.limit else self.limit.get(like)
+        return limit, self.max_new_tokens.get(name, self.max_new_tokens.get(like))
+
+
+def _per_task(cfg: Mapping[str, Any], key: str, known: list[str]) -> dict[str, Any]:
+    table = cfg.get(key) or {}
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"eval.tasks.{key}={table!r}; expected task name -> number")
+    unknown = sorted(set(map(str, table)) - set(known))
+    if unknown:
+        raise ConfigError(f"eval.tasks.{key}.{unknown[0]}: no such task; known: {known}")
+    return {str(name): value for name, value in table.items()}
+
+
+def task_settings(cfg: Mapping[str, Any], tasks: Iterable[str] = ()) -> TaskSettings:
+    """Typed `eval.tasks`: batch_size >= 1, each limit null or >= 1, each max_new_tokens >= 1, and
+    only names of built-in tasks or of `tasks` (the domain's) as keys, so a typo fails in one line."""
+    known = sorted({*DOMAIN_OF, *map(str, tasks)})
+    limits = _per_task(cfg, "limit", known)
+    new_tokens = _per_task(cfg, "max_new_tokens", known)
+    return TaskSettings(
+        batch_size=as_int("eval.tasks.batch_size", cfg.get("batch_size", 1), 1),
+        limit={name: None if value is None else as_int(f"eval.tasks.limit.{name}", value, 1)
+               for name, value in limits.items()},
+        max_new_tokens={name: as_int(f"eval.tasks.max_new_tokens.{name}", value, 1)
+                        for name, value in new_tokens.items()})
 
 
 def task_sources(tasks_cfg: Mapping[str, Any], data_root: Path) -> dict[str, dict[str, Any]]:
     """The tasks to run, each with absolute paths (or its hub spec). A task whose `path` is null
-    and has no `hub` (MedNLI unless the user gives their copy) is skipped."""
+    and has no `hub` (MedNLI unless the user gives their copy) is skipped. A task with a `kind`
+    is the user's own (evals/tasks/kinds.py) and may not take a built-in name."""
     sources = {}
     for name, spec in (tasks_cfg or {}).items():
-        if name not in DOMAIN_OF:
-            raise ConfigError(f"unknown task {name!r} under domain.tasks; known: {sorted(DOMAIN_OF)}")
         spec = dict(spec or {})
+        if "kind" in spec:
+            if name in DOMAIN_OF:
+                raise ConfigError(f"domain.tasks.{name} has a kind, but {name!r} is a built-in task; give "
+                                  f"your task its own name (built-in: {sorted(DOMAIN_OF)})")
+            sources[name] = user_source(name, spec, data_root)
+            continue
+        if name not in DOMAIN_OF:
+            raise ConfigError(f"unknown task {name!r} under domain.tasks; known: {sorted(DOMAIN_OF)}, or a "
+                              f"task of your own with kind: {'|'.join(KINDS)} (README, 'Your own tasks')")
         keys = FILE_KEYS.get(name, ("path",))
         if spec.get("hub"):  # a hub set, optionally restricted by a local id file (PubMedQA's split)
             sources[name] = {"hub": dict(spec["hub"])}
@@ -70,12 +125,38 @@ def task_sources(tasks_cfg: Mapping[str, Any], data_root: Path) -> dict[str, dic
     return sources
 
 
-def check_tasks(tasks_cfg: Mapping[str, Any], data_root: Path) -> None:
-    """Read every local task file once, before any model loads: a missing file or a missing field
-    raises ConfigError naming the file and what it should hold. Hub sets are checked when loaded."""
+def check_tasks(tasks_cfg: Mapping[str, Any], data_root: Path) -> list[Path]:
+    """Read every local task file once with the run's reader, before any model loads: a missing,
+    unreadable, malformed or empty file raises ConfigError naming the file and what it should
+    hold. Returns the local files the tasks use (for the run's fingerprint); hub sets are
+    checked when loaded."""
+    files = []
     for name, spec in task_sources(tasks_cfg, data_root).items():
         if not spec.get("hub"):
-            READERS[name](spec)
+            read_task(name, spec)
+        files += [Path(spec[key]) for key in ("path", "split") if spec.get(key)]
+    return files
+
+
+class _TaskYaml(yaml.SafeLoader):
+    """Reads a task YAML as lm-eval does: `!function utils.<name>` is that hook of evals.tasks."""
+
+
+def _function(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    module, name = loader.construct_scalar(node).rsplit(".", 1)
+    return getattr(importlib.import_module(f"evals.tasks.{module}"), name)
+
+
+_TaskYaml.add_constructor("!function", _function)
+
+
+def lm_eval_spec(name: str, source: Mapping[str, Any]) -> str | dict[str, Any]:
+    """What lm-eval loads for a task: a built-in one by its YAML's name; a user task as the YAML of
+    the built-in task it is like (prompt, choices, metrics, version) under its own name and docs."""
+    if "kind" not in source:
+        return f"dpb_{name}"
+    config = yaml.load((TASKS_DIR / f"{source['like']}.yaml").read_text(encoding="utf-8"), Loader=_TaskYaml)
+    return {**config, "task": f"dpb_{name}", "custom_dataset": task_docs(name)}
 
 
 class FirstLineDone(StoppingCriteria):
@@ -193,23 +274,26 @@ def _samples(logged: list[dict[str, Any]], metric_names: list[str]) -> list[dict
              **{m: s[m] for m in metric_names if m in s}} for s in logged]
 
 
-def _run_task(name: str, lm: PrefixSharingLM, manager: TaskManager, limit: int | None,
-              max_new_tokens: int | None, result: TaskResults) -> None:
+def _run_task(name: str, source: Mapping[str, Any], key: str, lm: PrefixSharingLM, manager: TaskManager,
+              settings: TaskSettings, result: TaskResults) -> None:
     """Evaluate one task on its first `limit` docs; add its numbers and samples to `result`."""
-    lm_name, key = f"dpb_{name}", f"{DOMAIN_OF[name]}/{name}"
-    loaded = manager.load([lm_name])
+    limit, max_new_tokens = settings.of(name, source)
+    lm_name = f"dpb_{name}"
+    loaded = manager.load([lm_eval_spec(name, source)])
     task = loaded["tasks"][lm_name]
     generates = task.get_config("output_type") == "generate_until"
     if generates and max_new_tokens:
-        task.set_config("generation_kwargs", {"max_gen_toks": int(max_new_tokens)}, update=True)
+        task.set_config("generation_kwargs", {"max_gen_toks": max_new_tokens}, update=True)
     if (task.get_config("metadata") or {}).get("choice_tokens"):
         _add_choice_tokens(task, lm, limit)
     began = time.perf_counter()
     out = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=True)
     result.seconds[key] = time.perf_counter() - began
     result.items[key] = int(out["n-samples"][lm_name]["effective"])
-    result.limits[key] = None if limit is None else int(limit)
+    result.limits[key] = limit
     result.versions[key] = out["versions"][lm_name]
+    if "kind" in source:
+        result.kinds[key] = {"kind": source["kind"], "like": source["like"]}
     names = list(task.aggregation())
     for metric in names:
         result.metrics[f"{key}/{metric}"] = float(out["results"][lm_name][f"{metric},none"])
@@ -220,20 +304,22 @@ def _run_task(name: str, lm: PrefixSharingLM, manager: TaskManager, limit: int |
 
 def evaluate_domain_tasks(model: PreTrainedModel, tokenizer: Any, tasks_cfg: Mapping[str, Any],
                           limits_cfg: Mapping[str, Any], data_root: Path, batch_size: int | None = None,
-                          *, share_prompts: bool = True) -> TaskResults:
+                          *, domain: str | None = None, share_prompts: bool = True) -> TaskResults:
     """Run every configured task of a domain (`domain.tasks`) under the eval preset's `tasks`
     block (`limit` and `max_new_tokens` per task, `batch_size` for generation and, without
-    prompt sharing, for lm-eval's log-likelihood batches)."""
+    prompt sharing, for lm-eval's log-likelihood batches). Metrics are keyed by `domain` (the
+    domain's name; built-in tasks default to their own domain, user tasks need it)."""
     sources = task_sources(tasks_cfg, data_root)
-    batch_size = int(batch_size or limits_cfg.get("batch_size", 1))
-    limits = dict(limits_cfg.get("limit") or {})
-    new_tokens = dict(limits_cfg.get("max_new_tokens") or {})
+    settings = task_settings(limits_cfg, tasks_cfg or {})
     result = TaskResults()
     with _quiet_lm_eval():
-        lm = PrefixSharingLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal",
-                             share_prompts=share_prompts)
+        lm = PrefixSharingLM(pretrained=model, tokenizer=tokenizer, backend="causal",
+                             batch_size=int(batch_size or settings.batch_size), share_prompts=share_prompts)
         manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
                               metadata={"sources": sources})
-        for name in sources:
-            _run_task(name, lm, manager, limits.get(name), new_tokens.get(name), result)
+        for name, source in sources.items():
+            if domain is None and name not in DOMAIN_OF:
+                raise ValueError(f"user task {name!r}: evaluate_domain_tasks needs the domain's name")
+            key = f"{domain or DOMAIN_OF[name]}/{name}"
+            _run_task(name, source, key, lm, manager, settings, result)
     return result

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from core.errors import ConfigError
+
 
 @dataclass
 class Perplexity:
@@ -81,10 +83,14 @@ def encode_text(tokenizer: Any, texts: list[str],
 def strided_perplexity(model: nn.Module, tokenizer: Any, texts: list[str], window: int, stride: int,
                        max_windows: int | None = None, batch_size: int = 1,
                        progress: bool = True, label: str = "perplexity") -> Perplexity:
-    """Perplexity of `texts` (joined by blank lines) under `model`."""
+    """Perplexity of `texts` (joined by blank lines) under `model`. A text too short to score a
+    single token is an error: with nothing scored, the mean would read as a perfect ppl 1.000."""
     limit = None if max_windows is None else (max_windows - 1) * stride + window
     ids, byte_counts = encode_text(tokenizer, texts, limit)
     plans = plan_windows(ids.numel(), window, stride, max_windows)
+    if not plans:
+        raise ConfigError(f"{label}: the text is {ids.numel()} token(s) long, so no token can be scored; "
+                          "perplexity needs a text of at least 2 tokens")
     device = next(model.parameters()).device
     total_nll, total_tokens, total_bytes = 0.0, 0, 0
     groups: dict[int, list[Window]] = {}
@@ -105,7 +111,7 @@ def strided_perplexity(model: nn.Module, tokenizer: Any, texts: list[str], windo
                 total_bytes += int(byte_counts[w.first_scored : w.end].sum())
             bar.update(len(chunk))
     bar.close()
-    mean = total_nll / max(total_tokens, 1)
+    mean = total_nll / total_tokens
     return Perplexity(
         ppl=math.exp(mean), nll=mean, bpb=total_nll / math.log(2) / max(total_bytes, 1),
         tokens=total_tokens, windows=len(plans), window=window, stride=stride,

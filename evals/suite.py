@@ -1,5 +1,9 @@
 """Everything a cell evaluates after pruning: domain and general perplexity and the domain's
-lm-eval tasks, as one flat metrics dict keyed `<domain|general>/<task>/<metric>`."""
+lm-eval tasks, as one flat metrics dict keyed `<domain|general>/<task>/<metric>`.
+
+run.py calls check_eval_settings and check_eval_inputs before the model loads; they read the
+settings and every file with the same functions the evaluation uses, so whatever would fail
+after pruning fails first, in one line."""
 
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ from typing import Any
 
 from torch import nn
 
-from core.data import data_path, load_texts
-from evals.lm_tasks import check_tasks, evaluate_domain_tasks
+from core.checks import as_int
+from core.data import data_path, load_texts, text_spec
+from core.errors import ConfigError
+from evals.lm_tasks import check_tasks, evaluate_domain_tasks, task_settings
 from evals.perplexity import strided_perplexity
 
 
@@ -24,40 +30,82 @@ class EvalResult:
     seconds: float = 0.0
 
 
-def perplexity_sources(domain: Mapping[str, Any], general: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """`<scope>/<name>` -> text spec, for the domain's and the general perplexity texts."""
-    sources = {f"{domain['name']}/{name}": spec for name, spec in domain.get("perplexity", {}).items()}
-    sources.update({f"general/{name}": spec for name, spec in general.get("perplexity", {}).items()})
+@dataclass(frozen=True)
+class PerplexitySettings:
+    window: int
+    stride: int
+    max_windows: int | None
+    batch_size: int
+
+
+def perplexity_settings(cfg: Mapping[str, Any], context: int | None = None) -> PerplexitySettings:
+    """Typed `eval.perplexity`: window >= 2 and within the model's `context` (when known),
+    0 < stride <= window, max_windows null or >= 1, batch_size >= 1."""
+    window = as_int("eval.perplexity.window", cfg.get("window"), 2)
+    if context is not None and window > context:
+        raise ConfigError(f"eval.perplexity.window={window} exceeds the model's context of {context} "
+                          f"positions; use a window <= {context}")
+    stride = as_int("eval.perplexity.stride", cfg.get("stride"), 1)
+    if stride > window:
+        raise ConfigError(f"eval.perplexity.stride={stride} must be <= window ({window})")
+    max_windows = cfg.get("max_windows")
+    return PerplexitySettings(
+        window=window, stride=stride,
+        max_windows=None if max_windows is None else as_int("eval.perplexity.max_windows", max_windows, 1),
+        batch_size=as_int("eval.perplexity.batch_size", cfg.get("batch_size", 1), 1))
+
+
+def check_eval_settings(eval_cfg: Mapping[str, Any], context: int | None,
+                        domain: Mapping[str, Any] | None = None) -> None:
+    """Every `eval` setting typed and in range before the model loads (`context`: the model's
+    max positions, None when unknown). Per-task keys must name built-in tasks or, given the
+    `domain` config, its tasks (a user task's limit lives under its own name)."""
+    perplexity_settings(eval_cfg.get("perplexity") or {}, context)
+    task_settings(eval_cfg.get("tasks") or {}, ((domain or {}).get("tasks") or {}).keys())
+
+
+def perplexity_sources(domain: Mapping[str, Any], general: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """`<scope>/<name>` -> text spec (a plain path or a mapping, normalised), for the domain's and
+    the general perplexity texts."""
+    sources = {f"{domain['name']}/{name}": text_spec(spec, f"domain.perplexity.{name}")
+               for name, spec in (domain.get("perplexity") or {}).items()}
+    sources.update({f"general/{name}": text_spec(spec, f"data.general.perplexity.{name}")
+                    for name, spec in (general.get("perplexity") or {}).items()})
     return sources
 
 
-def check_eval_inputs(domain: Mapping[str, Any], general: Mapping[str, Any], root: Path) -> None:
-    """Every evaluation file exists and reads (raises ConfigError naming the bad one)."""
-    for spec in perplexity_sources(domain, general).values():
+def check_eval_inputs(domain: Mapping[str, Any], general: Mapping[str, Any], root: Path) -> list[Path]:
+    """Read every local evaluation file with the run's reader (raises ConfigError naming a missing,
+    unreadable, malformed or empty one); returns the files read, for the caller's fingerprint.
+    Hub sources are checked when loaded."""
+    files = []
+    for key, spec in perplexity_sources(domain, general).items():
         if not spec.get("hub"):
-            data_path(root, spec["path"])
-    check_tasks(domain.get("tasks") or {}, root)
+            load_texts(spec, root, key)
+            files.append(data_path(root, spec["path"]))
+    return files + check_tasks(domain.get("tasks") or {}, root)
 
 
 def evaluate(model: nn.Module, tokenizer: Any, eval_cfg: Mapping[str, Any], domain: Mapping[str, Any],
              general: Mapping[str, Any], root: Path, progress: bool = True) -> EvalResult:
     result = EvalResult()
     start = time.perf_counter()
-    settings = eval_cfg["perplexity"]
+    settings = perplexity_settings(eval_cfg["perplexity"])
     for key, spec in perplexity_sources(domain, general).items():
         began = time.perf_counter()
         ppl = strided_perplexity(
-            model, tokenizer, load_texts(spec, root), settings["window"], settings["stride"],
-            settings.get("max_windows"), settings.get("batch_size", 1), progress, label=key)
+            model, tokenizer, load_texts(spec, root, key), settings.window, settings.stride,
+            settings.max_windows, settings.batch_size, progress, label=key)
         result.metrics[f"{key}/ppl"] = ppl.ppl
         result.metrics[f"{key}/bpb"] = ppl.bpb
         result.details[key] = {**ppl.as_dict(), "seconds": time.perf_counter() - began}
-    tasks = evaluate_domain_tasks(model, tokenizer, domain.get("tasks") or {}, eval_cfg["tasks"], root)
+    tasks = evaluate_domain_tasks(model, tokenizer, domain.get("tasks") or {}, eval_cfg["tasks"], root,
+                                  domain=domain["name"])
     result.metrics.update(tasks.metrics)
     result.samples.update(tasks.samples)
     for name, seconds in tasks.seconds.items():
         result.details[name] = {  # name is already <domain>/<task>
             "seconds": seconds, "items": tasks.items.get(name), "limit": tasks.limits.get(name),
-            "version": tasks.versions.get(name)}
+            "version": tasks.versions.get(name), **tasks.kinds.get(name, {})}
     result.seconds = time.perf_counter() - start
     return result

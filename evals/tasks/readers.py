@@ -1,9 +1,10 @@
 """Readers that turn each task's source files (JSON, JSONL, XML, or a hub dataset) into plain
 docs for the lm-eval task YAMLs. They are also the validation run before any model loads, so a
-missing or malformed file fails in one line naming the file and the fields it needs.
+missing, malformed, empty or non-UTF-8 file fails in one line naming the file and what it needs.
 
 A source spec is a mapping with absolute paths (`path`, and for PubMedQA `split`) or `hub`
-({id, name, split}) for online users."""
+({id, name, split}) for online users; a user's own task carries its `kind` (kinds.py). The
+built-in JSON-lines tasks are kinds with a fixed field mapping."""
 
 from __future__ import annotations
 
@@ -12,36 +13,26 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from core.data import read_jsonl
+from core.data import hub_rows, read_jsonl, read_text
 from core.errors import ConfigError
 from core.files import read_json
+from evals.tasks.kinds import Doc, Rows, kind_docs, norm, read_user_task
 
-Doc = dict[str, Any]
-
-PUBMEDQA_CHOICES = ("yes", "no", "maybe")
 RQE_CHOICES = ("true", "false")
-MEDNLI_CHOICES = ("entailment", "contradiction", "neutral")
 RQE_LAYOUT = '<pair pid="..." value="true|false"><chq>...</chq><faq>...</faq></pair>'
+MEDNLI_FIELDS = {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold_label", "id": "pairID"}
+HQS_FIELDS = {"source": "CHQ", "summary": "Summary", "id": "q_id"}
+CASEHOLD_FIELDS = {"prompt": "citing_prompt", "choices": [f"holding_{k}" for k in range(5)], "label": "label",
+                   "id": "example_id"}
+BILLSUM_FIELDS = {"source": "source", "summary": "summary"}
 
 
-def _label(path: Path, value: Any, choices: tuple[str, ...], where: str) -> int:
-    text = str(value).strip().lower()
-    if text not in choices:
-        raise ConfigError(f"{path}: {where} has label {value!r}; expected one of {list(choices)}")
-    return choices.index(text)
+def _jsonl(spec: Mapping[str, Any]) -> Rows:
+    return Rows(spec["path"], read_jsonl(Path(spec["path"])), lines=True)
 
 
-def _hub_rows(hub: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Rows of a Hugging Face dataset split (online users only)."""
-    import datasets
-
-    return list(datasets.load_dataset(hub["id"], hub.get("name"), split=hub.get("split", "test")))
-
-
-def _pubmedqa_doc(pid: str, entry: Mapping[str, Any], label: int) -> Doc:
-    contexts = entry["CONTEXTS"] if "CONTEXTS" in entry else entry["context"]["contexts"]
-    question = entry["QUESTION"] if "QUESTION" in entry else entry["question"]
-    return {"id": pid, "question": question, "context": " ".join(contexts), "label": label}
+def _hub(spec: Mapping[str, Any]) -> Rows:
+    return Rows(f"hub dataset {spec['hub']['id']}", hub_rows(spec["hub"]))
 
 
 def pubmedqa(spec: Mapping[str, Any]) -> list[Doc]:
@@ -52,11 +43,11 @@ def pubmedqa(spec: Mapping[str, Any]) -> list[Doc]:
     split = Path(spec["split"]) if spec.get("split") else None
     answers = read_json(split, "an object id -> yes/no/maybe") if split else None
     if spec.get("hub"):
-        hub = Path(spec["hub"]["id"])
-        rows = [row for row in _hub_rows(spec["hub"]) if answers is None or str(row["pubid"]) in answers]
-        return [_pubmedqa_doc(str(row["pubid"]), row,
-                              _label(hub, row["final_decision"], PUBMEDQA_CHOICES, f"pubid {row['pubid']}"))
-                for row in rows]
+        rows = _hub(spec)
+        items = [{**row, "contexts": row["context"]["contexts"]} for row in rows.items
+                 if answers is None or str(row["pubid"]) in answers]
+        return kind_docs("yesno", Rows(rows.origin, items), {"question": "question", "context": "contexts",
+                                                             "label": "final_decision", "id": "pubid"})
     path = Path(spec["path"])
     entries = read_json(path, "an object id -> {QUESTION, CONTEXTS}")
     if not isinstance(answers, dict) or not isinstance(entries, dict):
@@ -64,76 +55,63 @@ def pubmedqa(spec: Mapping[str, Any]) -> list[Doc]:
     missing = [pid for pid in answers if pid not in entries]
     if missing:
         raise ConfigError(f"{path} lacks {len(missing)} ids of {split} (e.g. {missing[0]})")
-    docs = []
-    for pid, entry in entries.items():
-        if pid not in answers:
-            continue
-        if not {"QUESTION", "CONTEXTS"} <= set(entry):
-            raise ConfigError(f"{path}: entry {pid} lacks QUESTION or CONTEXTS; expected both")
-        docs.append(_pubmedqa_doc(pid, entry, _label(split, answers[pid], PUBMEDQA_CHOICES, f"id {pid}")))
-    return docs
+    items = [{**entry, "pid": pid, "answer": answers[pid]}
+             for pid, entry in entries.items() if pid in answers]
+    return kind_docs("yesno", Rows(str(path), items), {"question": "QUESTION", "context": "CONTEXTS",
+                                                       "label": "answer", "id": "pid"})
 
 
 def rqe(spec: Mapping[str, Any]) -> list[Doc]:
     """MEDIQA 2019 RQE pairs: <pair pid value="true|false"><chq/><faq/></pair>."""
     path = Path(spec["path"])
     try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as err:
-        raise ConfigError(f"{path} is not readable XML ({err}); expected {RQE_LAYOUT}") from err
+        root = ET.fromstring(read_text(path))
+    except ET.ParseError as err:
+        raise ConfigError(f"{path} is not readable XML ({err}); expected {RQE_LAYOUT}") from None
     docs = []
     for pair in root.iter("pair"):
-        chq, faq = pair.findtext("chq"), pair.findtext("faq")
-        if chq is None or faq is None or pair.get("value") is None:
-            raise ConfigError(f"{path}: pair {pair.get('pid')} lacks chq, faq or value; expected all three")
-        label = _label(path, pair.get("value"), RQE_CHOICES, f"pair {pair.get('pid')}")
-        docs.append({"id": pair.get("pid"), "chq": chq.strip(), "faq": faq.strip(), "label": label})
-    if not docs:
-        raise ConfigError(f"{path} has no <pair> elements; expected {RQE_LAYOUT}")
+        chq, faq, value, pid = pair.findtext("chq"), pair.findtext("faq"), pair.get("value"), pair.get("pid")
+        if chq is None or faq is None or value is None:
+            raise ConfigError(f"{path}: pair {pid} lacks chq, faq or value; expected {RQE_LAYOUT}")
+        if norm(value) not in RQE_CHOICES:
+            raise ConfigError(f"{path}: pair {pid} has value {value!r}; expected one of {list(RQE_CHOICES)}")
+        docs.append({"id": pid, "chq": chq.strip(), "faq": faq.strip(),
+                     "label": RQE_CHOICES.index(norm(value))})
     return docs
 
 
 def mednli(spec: Mapping[str, Any]) -> list[Doc]:
     """The user's own MedNLI copy (mli_test_v1.jsonl: sentence1, sentence2, gold_label)."""
-    path = Path(spec["path"])
-    rows = read_jsonl(path, ["sentence1", "sentence2", "gold_label"])
-    return [{"id": str(row.get("pairID", i)), "premise": row["sentence1"], "hypothesis": row["sentence2"],
-             "label": _label(path, row["gold_label"], MEDNLI_CHOICES, f"line {i + 1}")}
-            for i, row in enumerate(rows)]
+    return kind_docs("nli", _jsonl(spec), MEDNLI_FIELDS)
 
 
 def hqs(spec: Mapping[str, Any]) -> list[Doc]:
     """MEDIQA 2021 question summarization: consumer question (CHQ) -> reference summary."""
-    rows = read_jsonl(Path(spec["path"]), ["CHQ", "Summary"])
-    return [{"id": str(row.get("q_id", i)), "question": row["CHQ"].strip(), "summary": row["Summary"].strip()}
-            for i, row in enumerate(rows)]
+    return kind_docs("summary", _jsonl(spec), HQS_FIELDS)
 
 
 def casehold(spec: Mapping[str, Any]) -> list[Doc]:
     """CaseHOLD: a citing text with a <HOLDING> slot and five candidate holdings."""
-    fields = ["citing_prompt", *(f"holding_{k}" for k in range(5)), "label"]
-    path = Path(spec["hub"]["id"]) if spec.get("hub") else Path(spec["path"])
-    rows = _hub_rows(spec["hub"]) if spec.get("hub") else read_jsonl(path, fields)
-    docs = []
-    for i, row in enumerate(rows):
-        label = str(row["label"]).strip()
-        if label not in {"0", "1", "2", "3", "4"}:
-            raise ConfigError(f"{path}: row {i + 1} has label {row['label']!r}; expected 0..4")
-        docs.append({"id": str(row.get("example_id", i)), "prompt": row["citing_prompt"],
-                     "choices": [row[f"holding_{k}"] for k in range(5)], "label": int(label)})
-    return docs
+    return kind_docs("choice", _hub(spec) if spec.get("hub") else _jsonl(spec), CASEHOLD_FIELDS)
 
 
 def billsum(spec: Mapping[str, Any]) -> list[Doc]:
     """BillSum: bill text -> reference summary (the hub set names the text `text`)."""
     if spec.get("hub"):
-        rows = [{"source": row["text"], "summary": row["summary"]} for row in _hub_rows(spec["hub"])]
-    else:
-        rows = read_jsonl(Path(spec["path"]), ["source", "summary"])
-    return [{"id": str(i), "source": row["source"].strip(), "summary": row["summary"].strip()}
-            for i, row in enumerate(rows)]
+        return kind_docs("summary", _hub(spec), {**BILLSUM_FIELDS, "source": "text"})
+    return kind_docs("summary", _jsonl(spec), BILLSUM_FIELDS)
 
 
 READERS: dict[str, Callable[[Mapping[str, Any]], list[Doc]]] = {
     "pubmedqa": pubmedqa, "rqe": rqe, "mednli": mednli, "hqs": hqs, "casehold": casehold, "billsum": billsum,
 }
+
+
+def read_task(name: str, spec: Mapping[str, Any]) -> list[Doc]:
+    """Docs of task `name` with the reader the run uses; a source with no items is an error (it
+    would score nothing and report nothing)."""
+    docs = read_user_task(spec) if spec.get("kind") else READERS[name](spec)
+    if not docs:
+        origin = spec.get("split") or spec.get("path") or f"hub dataset {spec['hub']['id']}"
+        raise ConfigError(f"{origin} has no items (task {name}); a task needs at least one")
+    return docs

@@ -3,46 +3,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import datasets
 
 from evals.metrics import macro_f1, rouge
-from evals.tasks.readers import READERS
+from evals.tasks.readers import read_task
 
 
-def _dataset(task: str, sources: Mapping[str, Any] | None) -> datasets.DatasetDict:
-    """Docs of `task` from the spec that evals.lm_tasks injects as task metadata (paths are
-    decided at run time, never in the YAML)."""
-    if not sources or task not in sources:
-        raise ValueError(f"task {task!r} needs metadata sources.{task} (path or hub); run it through "
-                         "evals.lm_tasks or pass --metadata to lm_eval")
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(READERS[task](sources[task]))})
+def task_docs(task: str) -> Callable[..., datasets.DatasetDict]:
+    """The dataset hook of `task`: its docs from the source spec that evals.lm_tasks injects as
+    task metadata (paths are decided at run time, never in the YAML)."""
+
+    def hook(sources: Mapping[str, Any] | None = None, **_: Any) -> datasets.DatasetDict:
+        if not sources or task not in sources:
+            raise ValueError(f"task {task!r} needs metadata sources.{task} (path or hub); run it through "
+                             "evals.lm_tasks or pass --metadata to lm_eval")
+        return datasets.DatasetDict({"test": datasets.Dataset.from_list(read_task(task, sources[task]))})
+
+    return hook
 
 
-def pubmedqa_docs(sources: Mapping[str, Any] | None = None, **_: Any) -> datasets.DatasetDict:
-    return _dataset("pubmedqa", sources)
-
-
-def rqe_docs(sources: Mapping[str, Any] | None = None, **_: Any) -> datasets.DatasetDict:
-    return _dataset("rqe", sources)
-
-
-def mednli_docs(sources: Mapping[str, Any] | None = None, **_: Any) -> datasets.DatasetDict:
-    return _dataset("mednli", sources)
-
-
-def hqs_docs(sources: Mapping[str, Any] | None = None, **_: Any) -> datasets.DatasetDict:
-    return _dataset("hqs", sources)
-
-
-def casehold_docs(sources: Mapping[str, Any] | None = None, **_: Any) -> datasets.DatasetDict:
-    return _dataset("casehold", sources)
-
-
-def billsum_docs(sources: Mapping[str, Any] | None = None, **_: Any) -> datasets.DatasetDict:
-    return _dataset("billsum", sources)
+pubmedqa_docs = task_docs("pubmedqa")
+rqe_docs = task_docs("rqe")
+mednli_docs = task_docs("mednli")
+hqs_docs = task_docs("hqs")
+casehold_docs = task_docs("casehold")
+billsum_docs = task_docs("billsum")
 
 
 def _choice_result(gold: int, scores: list[float]) -> dict[str, Any]:
