@@ -4,17 +4,17 @@
     python run.py pruner=wanda domain=healthcare
     python run.py -m pruner=magnitude,wanda,sparsegpt domain=healthcare,legal sparsity=0.5
 
-Order of work: validate everything cheap (config values, data files, model availability) -> skip
-the cell if its record exists -> load the model -> calibrate -> prune -> evaluate -> write the
-record atomically -> log to W&B. Each step is one call into the package that owns it."""
+Order of work: validate everything cheap (bench/cell.py: config values, every data file read,
+the model's config, the results folder) -> skip the cell if its record exists -> load the model
+-> calibrate -> prune -> evaluate -> write the record atomically -> log to W&B. Each step is one
+call into the package that owns it."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from core.paths import CONF_DIR
 
@@ -34,62 +34,38 @@ def check_group_choices(argv: list[str]) -> None:
                 sys.exit(2)
 
 
+def _interrupted_early(signum: int, frame: object) -> None:
+    print("interrupted: nothing recorded", file=sys.stderr)
+    sys.exit(130)
+
+
 check_group_choices(sys.argv)
+signal.signal(signal.SIGINT, _interrupted_early)  # until the imports are done: no traceback
 
 import hydra  # noqa: E402  (after the cheap argument check)
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
+from bench.cell import Cell, validate  # noqa: E402
 from bench.results.mask_files import save_masks  # noqa: E402
-from bench.results.records import cell_config, finished, new_record, record_key, save_record  # noqa: E402
-from bench.results.tracking import log_record, resolve_mode  # noqa: E402
-from core.calibration import WindowRequest, build_calibration, calibration_files, calibration_settings  # noqa: E402
-from core.checks import as_int  # noqa: E402
-from core.data import resolve_data_root  # noqa: E402
+from bench.results.records import finished, new_record, save_record  # noqa: E402
+from bench.results.tracking import log_record  # noqa: E402
+from core.calibration import build_calibration  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
+from core.files import remove_stale_partials  # noqa: E402
 from core.memory import peak_memory_mb  # noqa: E402
-from core.models import check_model, load_model, resolve_device, save_model  # noqa: E402
-from core.paths import project_path  # noqa: E402
+from core.models import load_model, resolve_device, save_model  # noqa: E402
 from core.structure import sparsity_summary  # noqa: E402
-from evals.suite import check_eval_inputs, evaluate  # noqa: E402
-from pruners import Pruner, from_config  # noqa: E402
+from evals.suite import evaluate  # noqa: E402
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again
 
 
-@dataclass
-class Cell:
-    """A validated cell: everything known before any weights load."""
-
-    pruner: Pruner
-    requests: dict[str, WindowRequest]
-    data_root: Path
-    config: dict[str, Any]
-    key: str
-    results_dir: Path
-
-
-def validate(cfg: DictConfig) -> Cell:
-    """Every setting and file the cell will use, checked before any heavy work."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    as_int("seed", plain["seed"])
-    pruner = from_config(plain["pruner"], sparsity=plain["sparsity"], pattern=plain["pattern"],
-                         driver=plain["driver"])
-    root = resolve_data_root(cfg.data.root)
-    WindowRequest.from_calib(cfg.calib)  # the calib group is checked even where a method ignores it
-    requests = pruner.calibration_requests(cfg.calib)
-    calibration_files(requests, cfg.data.general.calib, cfg.domain.calib, root)
-    check_eval_inputs(cfg.domain, cfg.data.general, root)
-    if cfg.logger.name == "wandb":
-        resolve_mode(cfg.logger.mode)
-    check_model(cfg.model)
-    config = cell_config(plain, dense=pruner.name == "dense", sparsity=pruner.sparsity,
-                         pattern=str(pruner.pattern), calib=calibration_settings(requests, cfg.calib))
-    return Cell(pruner, requests, root, config, record_key(config), project_path(cfg.results.dir))
-
-
-def run_cell(cfg: DictConfig) -> Path | None:
-    cell = validate(cfg)
+def run_cell(cfg: DictConfig, cell: Cell) -> Path | None:
+    for folder in (cell.results_dir, cell.results_dir / "masks", cell.results_dir.parent / "models"):
+        remove_stale_partials(folder)  # what killed runs left
     if finished(cell.results_dir, cell.key) and not cfg.force:
         print(f"skip: cell {cell.key} already done ({cell.results_dir / (cell.key + '.json')}); "
               "force=true re-runs it")
@@ -132,13 +108,22 @@ def run_cell(cfg: DictConfig) -> Path | None:
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    key = None
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        run_cell(cfg)
+        cell = validate(cfg)
+        key = cell.key
+        run_cell(cfg, cell)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra records the failed cell; the grid's other cells still run
+        if multirun:
+            raise  # the grid sweeper lists the failed cell; the grid's other cells still run
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"interrupted: nothing recorded for cell {key or '(not yet validated)'}", file=sys.stderr)
+        if multirun:
+            raise
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -81,19 +81,31 @@ def _check_slots(requests: Mapping[str, WindowRequest]) -> None:
 
 def calibration_files(requests: Mapping[str, WindowRequest], general_spec: Mapping[str, Any],
                       domain_calib: Mapping[str, Any], root: Path) -> list[Path]:
-    """Every file the requested windows are read from; a missing one raises ConfigError."""
+    """Every file the requested windows are read from, each read now with the reader the
+    windows are built with (a missing, malformed or empty one raises ConfigError)."""
     _check_slots(requests)
     wanted = {text for request in requests.values() for text in request.texts}
     files = []
-    if "general" in wanted and not general_spec.get("hub"):
-        files.append(data_path(root, general_spec["path"]))
+    if "general" in wanted:
+        load_texts(general_spec, root, "data.general.calib")
+        if not general_spec.get("hub"):
+            files.append(data_path(root, general_spec["path"]))
     if "domain" in wanted:
-        sources = (domain_calib or {}).get("sources") or {}
-        if not sources:
-            raise ConfigError("domain.calib.sources is empty; the domain has no calibration texts")
-        for spec in sources.values():
+        if domain_calib.get("max_tokens") is not None:
+            as_int("domain.calib.max_tokens", domain_calib["max_tokens"], 1)
+        domain_texts(domain_calib, root)
+        for spec in domain_calib["sources"].values():
             files += [data_path(root, spec[key]) for key in ("path", "exclude_ids") if spec.get(key)]
     return files
+
+
+def check_context(requests: Mapping[str, WindowRequest], context: int | None) -> None:
+    """Calibration windows must fit the model's positions (known from its config)."""
+    for slot, request in requests.items():
+        if context is not None and request.seqlen > context:
+            where = "calib.seqlen" if request.calib_keys else "pruner.domain_calib.seqlen"
+            raise ConfigError(f"{where}={request.seqlen} ({slot} windows) exceeds the model's context "
+                              f"of {context} tokens; use at most {context}")
 
 
 def calibration_settings(requests: Mapping[str, WindowRequest],

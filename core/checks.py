@@ -40,6 +40,13 @@ def as_float(key: str, value: Any, low: float | None = None, high: float | None 
     return number
 
 
+def as_bool(key: str, value: Any) -> bool:
+    """true or false, never a string that Python would read as true ("maybe", "no")."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    return value
+
+
 def choice(key: str, value: Any, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r}; choose one of {list(allowed)}")

@@ -1,6 +1,10 @@
 """Text sources: the data root, file readers with clear errors, and plain-text documents (the
 general calibration text and the perplexity texts). Calibration readers and evaluation readers
-never share a file."""
+never share a file.
+
+Every reader here is also the validation reader: run.py reads each input once with it before
+the model loads, so bad bytes, a malformed line or an empty text fail in one line naming the
+file, never after pruning."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from core.errors import ConfigError
 from core.paths import PROJECT_ROOT
 
 DATA_ROOT_ENV = "DPB_DATA_ROOT"
+TEXT_FORMATS = {".jsonl": "jsonl", ".txt": "raw", ".raw": "raw", ".text": "raw", ".md": "raw"}
 
 
 def resolve_data_root(root: str | None) -> Path:
@@ -32,52 +37,104 @@ def resolve_data_root(root: str | None) -> Path:
 
 def data_path(root: Path, relative: str) -> Path:
     """A dataset path under the root (absolute paths are taken as they are)."""
-    path = Path(os.path.expanduser(relative))
+    path = Path(os.path.expanduser(str(relative)))
     path = path if path.is_absolute() else root / path
-    if not path.exists():
-        raise ConfigError(f"data file {str(path)!r} not found; point the config value at your copy")
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "not found"
+        raise ConfigError(f"data file {str(path)!r} {what}; point the config value at your copy")
     return path
 
 
+def read_text(path: Path) -> str:
+    """A whole file as UTF-8 text; bad bytes are one error naming the line and byte offset."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path} cannot be read ({err.strerror or err})") from err
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}:{line} is not UTF-8 (byte offset {err.start}: {err.reason}); "
+                          "save the file as UTF-8") from None
+
+
 def read_jsonl(path: Path, fields: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file, each checked for the fields the caller needs."""
+    """Rows of a JSON-lines file, each an object holding the fields the caller needs."""
     need = list(fields)
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{number} is not valid JSON ({err.msg})") from err
-            missing = [f for f in need if f not in row]
-            if missing:
-                raise ConfigError(f"{path}:{number} lacks field(s) {missing}; expected {need}")
-            rows.append(row)
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{number} is not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{number} is a JSON {type(row).__name__}; expected an object per line")
+        missing = [f for f in need if f not in row]
+        if missing:
+            raise ConfigError(f"{path}:{number} lacks field(s) {missing}; expected {need}")
+        rows.append(row)
     return rows
 
 
-def load_texts(spec: Mapping[str, Any], root: Path) -> list[str]:
-    """Documents of one text source: `format` jsonl (with `field`) or raw text, an optional
-    held-apart slice (`every`: keep rows whose index is a multiple of it), or a hub dataset."""
+def text_spec(value: Any, where: str = "text") -> dict[str, Any]:
+    """A text source as a mapping {path | hub, format, field}: a plain path takes its format from
+    the extension (.jsonl: the `text` field; .txt/.raw/.text/.md: the whole file)."""
+    spec = {"path": value} if isinstance(value, str | os.PathLike) else dict(value or {})
+    if not spec.get("path") and not spec.get("hub"):
+        raise ConfigError(f"{where} names no file: give a path (e.g. {where}=/data/book.txt) or "
+                          "{path: ..., format: jsonl|raw, field: ...}")
     if spec.get("hub"):
-        return _hub_texts(spec["hub"])
-    path = data_path(root, spec["path"])
-    fmt = spec.get("format", "jsonl")
-    if fmt == "raw":
-        return [path.read_text(encoding="utf-8").replace("\r\n", "\n")]
-    if fmt != "jsonl":
-        raise ConfigError(f"text format {fmt!r} for {path} is not supported; use jsonl or raw")
-    rows = read_jsonl(path, [spec["field"]])
-    texts = [str(row[spec["field"]]) for row in rows]
-    every = spec.get("every")
-    return texts[::every] if every else texts
+        return spec
+    if not spec.get("format"):
+        suffix = Path(str(spec["path"])).suffix.lower()
+        if suffix not in TEXT_FORMATS:
+            raise ConfigError(f"{where}: cannot tell the format of {spec['path']!r} from its extension; "
+                              f"name one ({{path: ..., format: jsonl|raw}}) or use {sorted(TEXT_FORMATS)}")
+        spec["format"] = TEXT_FORMATS[suffix]
+    if spec["format"] not in ("jsonl", "raw"):
+        raise ConfigError(f"{where}: format {spec['format']!r} is not supported; use jsonl or raw")
+    if spec["format"] == "jsonl":
+        spec.setdefault("field", "text")
+    return spec
+
+
+def load_texts(spec: Any, root: Path, where: str = "text") -> list[str]:
+    """Documents of one text source: a jsonl file (with `field`) or raw text, an optional
+    held-apart slice (`every`: keep rows whose index is a multiple of it), or a hub dataset.
+    A source with no text at all is an error: it would score as a perfect perplexity."""
+    spec = text_spec(spec, where)
+    if spec.get("hub"):
+        texts = _hub_texts(spec["hub"])
+        origin = f"hub dataset {spec['hub'].get('id')!r}"
+    else:
+        path = data_path(root, spec["path"])
+        origin = str(path)
+        if spec["format"] == "raw":
+            texts = [read_text(path).replace("\r\n", "\n")]
+        else:
+            texts = [str(row[spec["field"]]) for row in read_jsonl(path, [spec["field"]])]
+        every = spec.get("every")
+        texts = texts[::every] if every else texts
+    if not any(text.strip() for text in texts):
+        raise ConfigError(f"{origin} has no text ({where}); an empty source cannot be scored")
+    return texts
+
+
+def hub_rows(hub: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of a Hugging Face dataset split (online users); unreachable is one error line."""
+    import datasets
+
+    try:
+        return list(datasets.load_dataset(hub["id"], hub.get("name"), split=hub.get("split", "test")))
+    except Exception as err:  # the hub client raises many types (connection, not found, auth)
+        raise ConfigError(
+            f"hub dataset {hub.get('id')!r} cannot be loaded ({str(err).splitlines()[0][:160]}); "
+            "fetch it once while online (it is then cached) or give a local `path` instead") from None
 
 
 def _hub_texts(hub: Mapping[str, Any]) -> list[str]:
-    """Online users may name a hub dataset instead of a file."""
-    import datasets
-
-    dataset = datasets.load_dataset(hub["id"], hub.get("name"), split=hub.get("split", "test"))
-    return [str(t) for t in dataset[hub.get("field", "text")] if str(t).strip()]
+    field = hub.get("field", "text")
+    return [str(row[field]) for row in hub_rows(hub) if str(row[field]).strip()]

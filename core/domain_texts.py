@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from core.checks import as_int
 from core.data import data_path, read_jsonl
 from core.errors import ConfigError
 from core.files import read_json
@@ -123,5 +124,10 @@ def domain_texts(calib_cfg: Mapping[str, Any], data_root: Path) -> list[str]:
         if reader is None:
             raise ConfigError(f"domain.calib.sources.{name}.format={spec.get('format')!r}; "
                               f"choose one of {sorted(READERS)}")
-        texts.extend(_evenly(reader(spec, data_root), spec.get("limit")))
+        found = reader(spec, data_root)
+        if not any(text.strip() for text in found):
+            raise ConfigError(f"domain.calib.sources.{name}: {spec.get('path')} has no items")
+        limit = spec.get("limit")
+        texts.extend(_evenly(found, None if limit is None else as_int(f"domain.calib.sources.{name}.limit",
+                                                                       limit, 1)))
     return texts

@@ -49,6 +49,17 @@ def _partial_prefix(name: str) -> str:
 
 
 @contextmanager
+def scratch_folder(parent: Path | str | None, name: str) -> Iterator[Path]:
+    """A temporary folder for one run's scratch files (removed at the end), named like a partial
+    file so that the next start removes it if this run is killed."""
+    parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(parent)
+    with tempfile.TemporaryDirectory(prefix=_partial_prefix(name), suffix=".tmp", dir=parent) as folder:
+        yield Path(folder)
+
+
+@contextmanager
 def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside `path`; on success it is flushed, synced and renamed over
     `path`, on any failure removed."""

@@ -103,6 +103,9 @@ def task_sources(tasks_cfg: Mapping[str, Any], data_root: Path) -> dict[str, dic
     is the user's own (evals/tasks/kinds.py) and may not take a built-in name."""
     sources = {}
     for name, spec in (tasks_cfg or {}).items():
+        if not isinstance(spec, Mapping | None):
+            raise ConfigError(f"domain.tasks.{name}={spec!r} is not a task spec; give {{path: ...}} or "
+                              "{kind: ..., path: ..., fields: {...}} (README, 'Your own tasks')")
         spec = dict(spec or {})
         if "kind" in spec:
             if name in DOMAIN_OF:
@@ -128,12 +131,11 @@ def task_sources(tasks_cfg: Mapping[str, Any], data_root: Path) -> dict[str, dic
 def check_tasks(tasks_cfg: Mapping[str, Any], data_root: Path) -> list[Path]:
     """Read every local task file once with the run's reader, before any model loads: a missing,
     unreadable, malformed or empty file raises ConfigError naming the file and what it should
-    hold. Returns the local files the tasks use (for the run's fingerprint); hub sets are
-    checked when loaded."""
+    hold; a hub set is loaded too (offline and not cached: one line naming its id). Returns the
+    local files the tasks use (for the run's fingerprint)."""
     files = []
     for name, spec in task_sources(tasks_cfg, data_root).items():
-        if not spec.get("hub"):
-            read_task(name, spec)
+        read_task(name, spec)
         files += [Path(spec[key]) for key in ("path", "split") if spec.get(key)]
     return files
 

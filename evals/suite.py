@@ -76,12 +76,12 @@ def perplexity_sources(domain: Mapping[str, Any], general: Mapping[str, Any]) ->
 
 def check_eval_inputs(domain: Mapping[str, Any], general: Mapping[str, Any], root: Path) -> list[Path]:
     """Read every local evaluation file with the run's reader (raises ConfigError naming a missing,
-    unreadable, malformed or empty one); returns the files read, for the caller's fingerprint.
-    Hub sources are checked when loaded."""
+    unreadable, malformed or empty one, or a hub set that cannot be loaded); returns the local
+    files read, for the caller's fingerprint."""
     files = []
     for key, spec in perplexity_sources(domain, general).items():
+        load_texts(spec, root, key)
         if not spec.get("hub"):
-            load_texts(spec, root, key)
             files.append(data_path(root, spec["path"]))
     return files + check_tasks(domain.get("tasks") or {}, root)
 

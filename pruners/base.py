@@ -13,7 +13,7 @@ from hydra.utils import get_class
 from torch import nn
 
 from core.calibration import Calibration, WindowRequest
-from core.checks import as_int, choice
+from core.checks import as_bool, as_int, choice
 from core.errors import ConfigError
 from core.memory import peak_memory_mb
 from pruners.pattern import Pattern, check_sparsity
@@ -68,6 +68,8 @@ class DriverSettings:
         choice("driver.propagate", self.propagate, ("pruned", "dense"))
         object.__setattr__(self, "batch_size", as_int("driver.batch_size", self.batch_size, 1))
         object.__setattr__(self, "error_tokens", as_int("driver.error_tokens", self.error_tokens, 1))
+        as_bool("driver.offload", self.offload)
+        as_bool("driver.progress", self.progress)
 
     @classmethod
     def of(cls, driver: Mapping[str, Any] | DriverSettings | None) -> DriverSettings:

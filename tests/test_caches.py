@@ -18,7 +18,7 @@ from transformers import AutoConfig
 import core.models as models
 import pruners.dpruner.general as general_pass
 from core.errors import ConfigError
-from core.files import PARTIAL, Damaged, _host, atomic_dir, atomic_open, remove_stale_partials
+from core.files import PARTIAL, Damaged, _host, atomic_dir, atomic_open, remove_stale_partials, scratch_folder
 from core.models import (
     check_model,
     load_model,
@@ -164,6 +164,17 @@ def test_remove_stale_partials_only_removes_dead_writers_of_this_host(tmp_path: 
         f"removed stale partial file {stale_dir} (5.0 MB) left by a killed run",
     ]
     assert remove_stale_partials(tmp_path / "absent") == []
+
+
+def test_scratch_folder_of_a_killed_run_is_removed_by_the_next(tmp_path: Path, capsys):
+    stale = tmp_path / f".dpruner.{HOST}-{dead_pid()}.a1b2c3d4.tmp"
+    stale.mkdir()
+    (stale / "general.bin").write_bytes(b"x" * 64)
+    with scratch_folder(tmp_path, "dpruner") as folder:
+        assert not stale.exists() and folder.is_dir()
+        assert PARTIAL.fullmatch(folder.name)  # a killed run's folder is found the same way
+    assert not folder.exists()
+    assert f"removed stale partial file {stale}" in capsys.readouterr().out
 
 
 def test_atomic_writers_name_their_temporaries_by_host_and_pid(tmp_path: Path):

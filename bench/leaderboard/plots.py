@@ -18,8 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogFormatter  # noqa: E402
 
-from bench.leaderboard.table import finite  # noqa: E402
 from bench.results.mask_files import similarity_matrix  # noqa: E402
+from bench.results.records import finite  # noqa: E402
 from core.files import atomic_open  # noqa: E402
 
 

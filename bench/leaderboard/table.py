@@ -5,7 +5,6 @@ best pruned method per ranked column. Rendering is render.py's, plots are plots.
 
 from __future__ import annotations
 
-import math
 import re
 import reprlib
 from collections import Counter, defaultdict
@@ -14,13 +13,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.results.records import NOT_IN_KEY, RECORD_VERSION, BrokenRecord, iter_records
+from bench.results.records import NOT_IN_KEY, RECORD_VERSION, BrokenRecord, finite, iter_records
 
 METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "dpruner")
 LOWER_BETTER = {"ppl", "bpb", "nll", "loss"}
 HIGHER_BETTER = {"acc", "f1", "exact", "em", "accuracy"}
 COST = "prune_s"  # shown beside the metrics, never ranked
-IGNORED = tuple(".".join(path) for path in NOT_IN_KEY)
+# never a row's variant: where things go, and the data fingerprints (the same files read anew)
+IGNORED = (*(".".join(path) for path in NOT_IN_KEY), "inputs")
 
 
 def direction(metric: str) -> int:
@@ -256,11 +256,6 @@ class Suite:
     @property
     def slug(self) -> str:
         return slug(f"{self.domain}-{self.model}-{self.eval}")
-
-
-def finite(value: Any) -> bool:
-    """A number that can be ranked or plotted (not None, text, a boolean, NaN or infinite)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def slug(text: str) -> str:

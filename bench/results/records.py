@@ -5,7 +5,8 @@ Record layout (RECORD_VERSION 2):
   key, version, created, status ("done")
   cell: {model, pruner, domain, sparsity, pattern, calib, seed, eval}   -- the grid coordinates;
         `sparsity` is the target the pattern gives (N:M: 1 - N/M), `calib` the baselines' source
-  config: the resolved config, normalised (see `cell_config`)
+  config: the resolved config, normalised (see `cell_config`), with `inputs`: {data file:
+          sha256 prefix} of every file the cell read (so edited data gives a new key)
   metrics: flat {"<domain|general>/<task>/<metric>": float}
   sparsity: {achieved (over the pruned matrices), model (over all parameters), per_matrix}
   prune: {seconds, stages (D-Pruner: seconds and peak memory of general / domain / mask),
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -29,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError
 from core.files import write_atomic
 from core.paths import PROJECT_ROOT
 
@@ -39,7 +42,7 @@ PACKAGES = ("torch", "transformers", "lm_eval", "hydra-core", "wandb", "datasets
 NOT_IN_KEY = (
     ("logger",), ("results",), ("force",), ("data", "root"), ("model", "cache_dir"),
     ("driver", "progress"), ("hydra",), ("save_model",), ("save_masks",),
-    ("pruner", "cache_dir"), ("pruner", "scratch_dir"),
+    ("pruner", "cache_dir"), ("pruner", "scratch_dir"), ("data", "fingerprint_cache"),
     ("pruner", "driver", "progress"),  # version-1 records carried the driver inside the pruner
 )
 
@@ -125,7 +128,44 @@ def new_record(key: str, config: Mapping[str, Any], *, pruner: str, calib_source
     }
 
 
+def probe_results_dir(results_dir: Path) -> None:
+    """Create, write, rename and delete a probe file, so an unusable results folder fails before
+    the model loads instead of after the whole cell."""
+    probe = results_dir / f".probe-{os.getpid()}"
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("probe", encoding="utf-8")
+        os.replace(probe, probe.with_suffix(".renamed"))
+        probe.with_suffix(".renamed").unlink()
+    except OSError as err:
+        raise ConfigError(f"results.dir={str(results_dir)!r} is not a writable folder "
+                          f"({err.strerror or err}); give a folder you can write to") from None
+
+
+def finite(value: Any) -> bool:
+    """A number that can be recorded, ranked or plotted (not None, text, a boolean, NaN or infinite)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def evidence_problems(metrics: Mapping[str, Any], details: Mapping[str, Any]) -> list[str]:
+    """Why these results are not evidence (empty when they are): a metric that is not a finite
+    number, or a text or task scored on no tokens or items."""
+    problems = [f"{name}={value!r} is not a finite number" for name, value in metrics.items()
+                if not finite(value)]
+    if not metrics:
+        problems.append("no metric was computed")
+    for name, detail in details.items():
+        for count in ("tokens", "items"):
+            if count in detail and not (detail[count] or 0) > 0:
+                problems.append(f"{name} was scored on {detail[count]} {count}")
+    return problems
+
+
 def save_record(results_dir: Path, record: dict[str, Any]) -> Path:
+    """Write a finished record; refuses one whose numbers are not backed by data."""
+    problems = evidence_problems(record["metrics"], record["eval"]["details"])
+    if problems:
+        raise ConfigError(f"cell {record['key']}: {'; '.join(problems)}; nothing recorded")
     path = record_path(results_dir, record["key"])
     write_atomic(path, json.dumps(record, indent=1, sort_keys=False, default=str))
     return path

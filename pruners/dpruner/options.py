@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from core.checks import as_float, as_int, choice
+from core.checks import as_bool, as_float, as_int, choice
 
 IMPORTANCE = ("dual", "general_only", "domain_only")
 REGULARIZERS = ("paper", "anchor")
@@ -69,9 +69,8 @@ class DPrunerOptions:
             else as_float("pruner.max_grad_norm", self.max_grad_norm, 0.0, open_low=True),
             "loss_chunk": None if self.loss_chunk is None
             else as_int("pruner.loss_chunk", self.loss_chunk, 1),
-            "update_weights": bool(self.update_weights), "blocking": bool(self.blocking),
-            "gradient_checkpointing": bool(self.gradient_checkpointing),
-            "buffers_on_cpu": bool(self.buffers_on_cpu),
+            **{flag: as_bool(f"pruner.{flag}", getattr(self, flag))
+               for flag in ("update_weights", "blocking", "gradient_checkpointing", "buffers_on_cpu")},
             "scratch_dir": _folder(self.scratch_dir), "cache_dir": _folder(self.cache_dir),
             "domain_calib": {key: as_int(f"pruner.domain_calib.{key}", given.get(key, default), 1)
                              for key, default in DOMAIN_CALIB.items()},

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import tempfile
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from core.calibration import Calibration, WindowRequest
 from core.checks import as_int
 from core.errors import ConfigError
+from core.files import scratch_folder
 from core.memory import peak_memory_mb
 from core.structure import model_linears
 from pruners.base import MatrixReport, Pruner, register
@@ -93,8 +93,7 @@ class DPruner(Pruner):
         with ExitStack() as stack:
             scratch = None
             if o.on_disk(device):
-                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
-                    prefix="dpruner-", dir=o.scratch_dir)))
+                scratch = stack.enter_context(scratch_folder(o.scratch_dir, "dpruner"))
             G, general_notes = {}, {}
             if o.needs_general:
                 G, general_notes = compute_general_importance(model, calibration.general, o, self.driver,

@@ -1,0 +1,64 @@
+"""A cell checked before any weights load: every config value typed and ranged, every data file
+read with the reader the run uses (bad bytes, malformed lines, empty texts fail here), windows
+against the model's context (from its config), the results folder probed, and the record key
+computed from the normalised config plus a content fingerprint of every data file read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from bench.results.records import cell_config, probe_results_dir, record_key
+from bench.results.tracking import resolve_mode
+from core.calibration import WindowRequest, calibration_files, calibration_settings, check_context
+from core.checks import as_bool, as_int
+from core.data import resolve_data_root
+from core.fingerprint import fingerprints
+from core.models import check_model, model_context
+from core.paths import project_path
+from evals.suite import check_eval_inputs, check_eval_settings
+from pruners import Pruner, from_config
+
+
+@dataclass
+class Cell:
+    """A validated cell: everything known before any weights load."""
+
+    pruner: Pruner
+    requests: dict[str, WindowRequest]
+    data_root: Path
+    config: dict[str, Any]
+    key: str
+    results_dir: Path
+
+
+def validate(cfg: DictConfig) -> Cell:
+    """Every setting and file the cell will use, checked (files read with the run's own
+    readers) before any weights load."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    as_int("seed", plain["seed"])
+    for flag in ("force", "save_masks", "save_model"):
+        as_bool(flag, plain[flag])
+    pruner = from_config(plain["pruner"], sparsity=plain["sparsity"], pattern=plain["pattern"],
+                         driver=plain["driver"])
+    root = resolve_data_root(cfg.data.root)
+    WindowRequest.from_calib(cfg.calib)  # the calib group is checked even where a method ignores it
+    requests = pruner.calibration_requests(cfg.calib)
+    if cfg.logger.name == "wandb":
+        resolve_mode(cfg.logger.mode)
+    check_model(cfg.model)
+    context = model_context(cfg.model)
+    check_context(requests, context)
+    check_eval_settings(cfg.eval, context, cfg.domain)
+    results_dir = project_path(cfg.results.dir)
+    probe_results_dir(results_dir)
+    files = calibration_files(requests, cfg.data.general.calib, cfg.domain.calib, root)
+    files += check_eval_inputs(cfg.domain, cfg.data.general, root)
+    config = cell_config(plain, dense=pruner.name == "dense", sparsity=pruner.sparsity,
+                         pattern=str(pruner.pattern), calib=calibration_settings(requests, cfg.calib))
+    cache = cfg.data.get("fingerprint_cache")
+    config["inputs"] = fingerprints(files, root, project_path(cache) if cache else None)
+    return Cell(pruner, requests, root, config, record_key(config), results_dir)

@@ -1,0 +1,97 @@
+"""How sure a number is: bootstrap confidence intervals over the scored items (or perplexity
+windows), paired differences between two models scored on the same items, the chance and
+majority baselines of a classification task, and the smallest difference an item count can
+detect. Pure math on arrays; records and tables call it.
+
+Intervals are scipy's bootstrap (BCa, 95 %) with a fixed seed, so a record's intervals are
+reproducible. A sample with no spread (every item equal) has the point value as its interval."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.95
+RESAMPLES = 4000  # the ends move by well under the last digit shown (tests/test_uncertainty.py)
+SEED = 0
+POWER = 0.8
+
+Statistic = Callable[..., float]
+
+
+def bootstrap_interval(samples: Sequence[Sequence[float]], statistic: Statistic, *,
+                       seed: int = SEED, resamples: int = RESAMPLES) -> tuple[float, float]:
+    """95 % interval of `statistic(*samples)`, resampling items: the i-th entries of all samples
+    stay together (one item's numbers, or one item under two models)."""
+    arrays = [np.asarray(s, dtype=float) for s in samples]
+    point = float(statistic(*arrays))
+    if len(arrays[0]) < 2 or all(np.all(a == a[0]) for a in arrays):
+        return point, point
+    result = stats.bootstrap(arrays, statistic, paired=True, vectorized=False, confidence_level=LEVEL,
+                             n_resamples=resamples, method="BCa", rng=np.random.default_rng(seed))
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if not (math.isfinite(low) and math.isfinite(high)):  # BCa undefined (degenerate jackknife)
+        result = stats.bootstrap(arrays, statistic, paired=True, vectorized=False, confidence_level=LEVEL,
+                                 n_resamples=resamples, method="percentile",
+                                 rng=np.random.default_rng(seed))
+        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return min(low, point), max(high, point)
+
+
+def mean(values: np.ndarray) -> float:
+    return float(np.mean(values))
+
+
+def perplexity(nll: np.ndarray, tokens: np.ndarray) -> float:
+    """exp(total NLL / total tokens): resampled windows keep their own token counts."""
+    return math.exp(float(np.sum(nll)) / float(np.sum(tokens)))
+
+
+def bits_per_byte(nll: np.ndarray, byte_counts: np.ndarray) -> float:
+    return float(np.sum(nll)) / math.log(2) / float(np.sum(byte_counts))
+
+
+def macro_f1(gold: np.ndarray, pred: np.ndarray) -> float:
+    """Mean F1 over the classes present in gold or predictions (as evals.metrics.macro_f1)."""
+    scores = []
+    for label in np.union1d(gold, pred):
+        tp = np.sum((pred == label) & (gold == label))
+        denominator = np.sum(pred == label) + np.sum(gold == label)
+        scores.append(2.0 * tp / denominator if denominator else 0.0)
+    return float(np.mean(scores))
+
+
+def difference(statistic: Statistic, arity: int) -> Statistic:
+    """statistic(model a's samples) - statistic(model b's samples), for a paired bootstrap over
+    `arity` arrays per model (a's first)."""
+    def diff(*arrays: np.ndarray) -> float:
+        return statistic(*arrays[:arity]) - statistic(*arrays[arity:])
+    return diff
+
+
+def chance_and_majority(gold: Sequence[int], n_choices: int) -> dict[str, dict[str, float]]:
+    """Expected accuracy and macro-F1 of guessing uniformly among `n_choices`, and of always
+    answering the most frequent gold label, over the items actually scored."""
+    labels, counts = np.unique(np.asarray(gold), return_counts=True)
+    share = counts / counts.sum()
+    k = float(n_choices)
+    top = float(share.max())
+    # uniform guessing: class c is predicted for n/k items, expected TP = n p_c / k
+    chance_f1 = float(np.sum(2 * (share / k) / (share + 1 / k))) / k
+    # always the majority class: F1 of that class, zero for the other present classes
+    majority_f1 = 2 * top / (1 + top) / len(labels)
+    return {"chance": {"acc": 1.0 / k, "macro_f1": chance_f1},
+            "majority": {"acc": top, "macro_f1": majority_f1}}
+
+
+def detectable_difference(variance: float, n: int) -> float:
+    """Smallest true difference between two models scored on `n` items each that a two-sided 5 %
+    test finds with 80 % power, given the per-item variance of the metric (p(1-p) for
+    accuracy)."""
+    if n < 1:
+        return math.inf
+    z = stats.norm.ppf(1 - (1 - LEVEL) / 2) + stats.norm.ppf(POWER)
+    return float(z * math.sqrt(2 * variance / n))
