@@ -86,10 +86,8 @@ def run_cell(cfg: DictConfig, cell: Cell) -> Path | None:
     record = new_record(
         cell.key, cell.config, pruner=cell.pruner.name,
         calib_source=cell.requests["ids"].source if "ids" in cell.requests else None,
-        metrics=evaluation.metrics, sparsity=sparsity_summary(model), prune_seconds=prune_seconds,
-        prune_stages=cell.pruner.stages,
-        matrices=[r.as_dict() for r in reports], eval_seconds=evaluation.seconds,
-        eval_details=evaluation.details, samples=evaluation.samples,
+        evaluation=evaluation, sparsity=sparsity_summary(model), prune_seconds=prune_seconds,
+        prune_stages=cell.pruner.stages, matrices=[r.as_dict() for r in reports],
         memory={"peak_rss_mb": peak_memory_mb(),
                 "peak_cuda_mb": peak_memory_mb(device) if device.type == "cuda" else None})
     if cfg.save_masks:
@@ -100,9 +98,11 @@ def run_cell(cfg: DictConfig, cell: Cell) -> Path | None:
         record["saved_model"] = str(save_model(model, tokenizer, folder))
     path = save_record(cell.results_dir, record)
     log_record(record, cfg.logger)
-    shown = ", ".join(f"{k}={v:.3f}" for k, v in evaluation.metrics.items() if k.endswith("/ppl"))
     print(f"done: {cell.pruner.name} {cfg.domain.name} sparsity={record['sparsity']['achieved']:.3f} "
-          f"prune={prune_seconds:.0f}s eval={evaluation.seconds:.0f}s {shown} -> {path}")
+          f"prune={prune_seconds:.0f}s eval={evaluation.seconds:.0f}s -> {path}")
+    for name, value in record["metrics"].items():
+        low, high = record["metrics_ci"].get(name, (value, value))
+        print(f"  {name} = {value:.4g}  [{low:.4g}, {high:.4g}]")
     return path
 
 

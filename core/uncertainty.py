@@ -9,6 +9,7 @@ reproducible. A sample with no spread (every item equal) has the point value as 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -30,15 +31,19 @@ def bootstrap_interval(samples: Sequence[Sequence[float]], statistic: Statistic,
     point = float(statistic(*arrays))
     if len(arrays[0]) < 2 or all(np.all(a == a[0]) for a in arrays):
         return point, point
-    result = stats.bootstrap(arrays, statistic, paired=True, vectorized=False, confidence_level=LEVEL,
-                             n_resamples=resamples, method="BCa", rng=np.random.default_rng(seed))
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    if not (math.isfinite(low) and math.isfinite(high)):  # BCa undefined (degenerate jackknife)
-        result = stats.bootstrap(arrays, statistic, paired=True, vectorized=False, confidence_level=LEVEL,
-                                 n_resamples=resamples, method="percentile",
-                                 rng=np.random.default_rng(seed))
-        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    low, high = _scipy_interval(arrays, statistic, seed, resamples, "BCa")
+    if not (math.isfinite(low) and math.isfinite(high)):  # BCa undefined (a degenerate resample)
+        low, high = _scipy_interval(arrays, statistic, seed, resamples, "percentile")
     return min(low, point), max(high, point)
+
+
+def _scipy_interval(arrays: list[np.ndarray], statistic: Statistic, seed: int, resamples: int,
+                    method: str) -> tuple[float, float]:
+    with warnings.catch_warnings():  # a degenerate BCa is detected above, not warned about
+        warnings.simplefilter("ignore")
+        result = stats.bootstrap(arrays, statistic, paired=True, vectorized=False, confidence_level=LEVEL,
+                                 n_resamples=resamples, method=method, rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def mean(values: np.ndarray) -> float:
@@ -95,3 +100,15 @@ def detectable_difference(variance: float, n: int) -> float:
         return math.inf
     z = stats.norm.ppf(1 - (1 - LEVEL) / 2) + stats.norm.ppf(POWER)
     return float(z * math.sqrt(2 * variance / n))
+
+
+def item_variance(samples: Sequence[Sequence[float]], statistic: Statistic) -> float:
+    """The per-item variance `detectable_difference` takes, for any statistic: n times its
+    jackknife variance (leave one item out). For a mean that is the items' sample variance
+    (p(1-p)·n/(n-1) for accuracy); for a ratio such as perplexity it is the delta method's."""
+    arrays = [np.asarray(s, dtype=float) for s in samples]
+    n = len(arrays[0])
+    if n < 2:
+        return 0.0
+    left_out = np.array([statistic(*(np.delete(a, i) for a in arrays)) for i in range(n)])
+    return float((n - 1) * np.sum((left_out - left_out.mean()) ** 2))

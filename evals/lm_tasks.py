@@ -55,6 +55,7 @@ class TaskResults:
     limits: dict[str, int | None] = field(default_factory=dict)  # the preset's limit (None = all items)
     versions: dict[str, Any] = field(default_factory=dict)  # task YAML versions (prompt changes)
     kinds: dict[str, dict[str, str]] = field(default_factory=dict)  # user tasks: kind and template
+    evidence: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-item scores, by task
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,19 @@ def _samples(logged: list[dict[str, Any]], metric_names: list[str]) -> list[dict
              **{m: s[m] for m in metric_names if m in s}} for s in logged]
 
 
+def _evidence(logged: list[dict[str, Any]], metric_names: list[str], generates: bool) -> dict[str, Any]:
+    """Per item, in item order: the predicted and gold choice (choice tasks) or the ROUGE scores
+    (generation), so that intervals and paired comparisons need no rerun."""
+    logged = sorted(logged, key=lambda s: s["doc_id"])
+    ids = [str(s["doc"]["id"]) for s in logged]
+    if generates:
+        return {"kind": "generation", "ids": ids,
+                **{m: [float(s[m]) for s in logged] for m in metric_names}}
+    gold, pred = zip(*(s["macro_f1"] for s in logged), strict=True) if logged else ((), ())
+    return {"kind": "choice", "ids": ids, "gold": [int(g) for g in gold], "pred": [int(p) for p in pred],
+            "n_choices": max((len(s["arguments"]) for s in logged), default=0)}
+
+
 def _run_task(name: str, source: Mapping[str, Any], key: str, lm: PrefixSharingLM, manager: TaskManager,
               settings: TaskSettings, result: TaskResults) -> None:
     """Evaluate one task on its first `limit` docs; add its numbers and samples to `result`."""
@@ -301,6 +315,7 @@ def _run_task(name: str, source: Mapping[str, Any], key: str, lm: PrefixSharingL
         result.metrics[f"{key}/{metric}"] = float(out["results"][lm_name][f"{metric},none"])
     if generates:
         result.samples[key] = _samples(out["samples"][lm_name], names)
+    result.evidence[key] = _evidence(out["samples"][lm_name], names, generates)
     log.info("%s: %d items in %.1f s", key, result.items[key], result.seconds[key])
 
 

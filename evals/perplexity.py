@@ -6,7 +6,7 @@ stride == window one token per window goes unscored), plus bits per byte of the 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -26,9 +26,16 @@ class Perplexity:
     windows: int
     window: int
     stride: int
+    per_window: dict[str, list] = field(default_factory=dict, repr=False)  # nll, tokens, bytes
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The summary (the per-window arrays are the record's evidence, kept apart)."""
+        return {k: v for k, v in asdict(self).items() if k != "per_window"}
+
+    def evidence(self) -> dict[str, Any]:
+        """Per window: summed NLL, scored tokens and their bytes, so that any statistic (an
+        interval, a paired difference) can be recomputed from the record."""
+        return {"kind": "perplexity", **self.per_window}
 
 
 @dataclass
@@ -93,6 +100,7 @@ def strided_perplexity(model: nn.Module, tokenizer: Any, texts: list[str], windo
                           "perplexity needs a text of at least 2 tokens")
     device = next(model.parameters()).device
     total_nll, total_tokens, total_bytes = 0.0, 0, 0
+    per_window: dict[str, list] = {"nll": [], "tokens": [], "bytes": []}
     groups: dict[int, list[Window]] = {}
     for plan in plans:  # batch windows of equal length together
         groups.setdefault(plan.end - plan.begin, []).append(plan)
@@ -106,13 +114,17 @@ def strided_perplexity(model: nn.Module, tokenizer: Any, texts: list[str], windo
                 first = w.first_scored - w.begin  # position of the first scored target
                 targets = batch[row, first:]
                 nll = F.cross_entropy(logits[row, first - 1 : length - 1], targets, reduction="sum")
-                total_nll += float(nll)
-                total_tokens += targets.numel()
-                total_bytes += int(byte_counts[w.first_scored : w.end].sum())
+                scored = {"nll": float(nll), "tokens": targets.numel(),
+                          "bytes": int(byte_counts[w.first_scored : w.end].sum())}
+                total_nll += scored["nll"]
+                total_tokens += scored["tokens"]
+                total_bytes += scored["bytes"]
+                for name, value in scored.items():
+                    per_window[name].append(value)
             bar.update(len(chunk))
     bar.close()
     mean = total_nll / total_tokens
     return Perplexity(
         ppl=math.exp(mean), nll=mean, bpb=total_nll / math.log(2) / max(total_bytes, 1),
-        tokens=total_tokens, windows=len(plans), window=window, stride=stride,
+        tokens=total_tokens, windows=len(plans), window=window, stride=stride, per_window=per_window,
     )

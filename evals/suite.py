@@ -27,6 +27,7 @@ class EvalResult:
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # per task: windows, items, seconds...
     samples: dict[str, list[dict]] = field(default_factory=dict)
+    evidence: dict[str, dict[str, Any]] = field(default_factory=dict)  # per window / per item, by source
     seconds: float = 0.0
 
 
@@ -99,10 +100,12 @@ def evaluate(model: nn.Module, tokenizer: Any, eval_cfg: Mapping[str, Any], doma
         result.metrics[f"{key}/ppl"] = ppl.ppl
         result.metrics[f"{key}/bpb"] = ppl.bpb
         result.details[key] = {**ppl.as_dict(), "seconds": time.perf_counter() - began}
+        result.evidence[key] = ppl.evidence()
     tasks = evaluate_domain_tasks(model, tokenizer, domain.get("tasks") or {}, eval_cfg["tasks"], root,
                                   domain=domain["name"])
     result.metrics.update(tasks.metrics)
     result.samples.update(tasks.samples)
+    result.evidence.update(tasks.evidence)
     for name, seconds in tasks.seconds.items():
         result.details[name] = {  # name is already <domain>/<task>
             "seconds": seconds, "items": tasks.items.get(name), "limit": tasks.limits.get(name),

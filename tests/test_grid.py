@@ -102,6 +102,19 @@ def test_presets_are_unique_cells(preset: str, cells: int) -> None:
     assert {c[1] for c in coordinates} == {"healthcare", "legal"}
 
 
+def test_seeds_preset_draws_three_calibration_samples_per_method() -> None:
+    import run
+
+    jobs = expand("seeds")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cells = [run.validate(compose(config_name="config", overrides=job)) for job in jobs]
+    assert len(jobs) == len({c.key for c in cells}) == 18
+    methods, domains = ("wanda", "sparsegpt", "dpruner"), ("healthcare", "legal")
+    assert {(c.pruner.name, c.config["domain"]["name"], c.config["seed"]) for c in cells} == {
+        (m, d, s) for m in methods for d in domains for s in (0, 1, 2)}
+    assert {c.config["sparsity"] for c in cells} == {0.5}
+
+
 def test_sparsity_sweep_jobs() -> None:
     jobs = expand("sparsity_sweep")
     assert len(jobs) == 4 * 2 * 8 + 2

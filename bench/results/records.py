@@ -1,13 +1,15 @@
 """The result store: one JSON record per cell, named by a hash of what the cell computes,
 written atomically so a killed cell leaves no partial record and a rerun can skip finished ones.
 
-Record layout (RECORD_VERSION 2):
+Record layout (RECORD_VERSION 3; version 2 had no `metrics_ci` / `evidence`):
   key, version, created, status ("done")
   cell: {model, pruner, domain, sparsity, pattern, calib, seed, eval}   -- the grid coordinates;
         `sparsity` is the target the pattern gives (N:M: 1 - N/M), `calib` the baselines' source
   config: the resolved config, normalised (see `cell_config`), with `inputs`: {data file:
           sha256 prefix} of every file the cell read (so edited data gives a new key)
   metrics: flat {"<domain|general>/<task>/<metric>": float}
+  metrics_ci: {metric: [low, high]}, the 95 % bootstrap interval over items / windows
+  evidence: {"<domain|general>/<task>": per-item arrays} (bench/results/evidence.py)
   sparsity: {achieved (over the pruned matrices), model (over all parameters), per_matrix}
   prune: {seconds, stages (D-Pruner: seconds and peak memory of general / domain / mask),
           matrices: [per-matrix report: name, shape, error, seconds, peak_mem_mb, notes]}
@@ -29,13 +31,17 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bench.results.evidence import metric_intervals
 from core.errors import ConfigError
 from core.files import write_atomic
 from core.paths import PROJECT_ROOT
 
-RECORD_VERSION = 2
+if TYPE_CHECKING:  # the record only reads its fields; the leaderboard must not import lm-eval
+    from evals.suite import EvalResult
+
+RECORD_VERSION = 3
 PACKAGES = ("torch", "transformers", "lm_eval", "hydra-core", "wandb", "datasets", "dpruner-bench")
 
 # Settings that change where things go or how they are shown, never what a cell computes.
@@ -107,11 +113,10 @@ def git_revision() -> str:
 
 
 def new_record(key: str, config: Mapping[str, Any], *, pruner: str, calib_source: str | None,
-               metrics: Mapping[str, float], sparsity: Mapping[str, Any], prune_seconds: float,
-               prune_stages: Mapping[str, Any], matrices: list[dict[str, Any]], eval_seconds: float,
-               eval_details: Mapping[str, Any], samples: Mapping[str, list],
+               evaluation: EvalResult, sparsity: Mapping[str, Any], prune_seconds: float,
+               prune_stages: Mapping[str, Any], matrices: list[dict[str, Any]],
                memory: Mapping[str, float | None]) -> dict[str, Any]:
-    """A finished cell's record in the layout above."""
+    """A finished cell's record in the layout above, with an interval for every metric."""
     return {
         "key": key, "version": RECORD_VERSION, "status": "done",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -119,12 +124,14 @@ def new_record(key: str, config: Mapping[str, Any], *, pruner: str, calib_source
                  "sparsity": config["sparsity"], "pattern": config["pattern"], "calib": calib_source,
                  "seed": int(config["seed"]), "eval": config["eval"]["name"]},
         "config": dict(config),
-        "metrics": dict(metrics),
+        "metrics": dict(evaluation.metrics),
+        "metrics_ci": metric_intervals(evaluation.metrics, evaluation.evidence),
         "sparsity": dict(sparsity),
         "prune": {"seconds": prune_seconds, "stages": dict(prune_stages), "matrices": matrices},
-        "eval": {"seconds": eval_seconds, "details": dict(eval_details)},
+        "eval": {"seconds": evaluation.seconds, "details": dict(evaluation.details)},
         "memory": dict(memory),
-        "versions": versions(), "git": git_revision(), "samples": dict(samples), "masks": None,
+        "versions": versions(), "git": git_revision(), "samples": dict(evaluation.samples),
+        "evidence": dict(evaluation.evidence), "masks": None,
     }
 
 

@@ -79,6 +79,8 @@ def log_record(record: Mapping[str, Any], logger_cfg: Mapping[str, Any]) -> str 
                      name=f"{cell['pruner']}-{cell['domain']}-{cell['sparsity']}-{cell['pattern']}-"
                           f"{record['key'][:6]}")
         summary = dict(record["metrics"])
+        for name, (low, high) in record.get("metrics_ci", {}).items():  # the 95 % interval's ends
+            summary.update({f"{name}_ci_low": low, f"{name}_ci_high": high})
         summary.update({
             "sparsity/achieved": record["sparsity"]["achieved"],
             "sparsity/model": record["sparsity"]["model"],
