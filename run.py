@@ -7,13 +7,20 @@
 Order of work: validate everything cheap (bench/cell.py: config values, every data file read,
 the model's config, the results folder) -> skip the cell if its record exists -> load the model
 -> calibrate -> prune -> evaluate -> write the record atomically -> log to W&B. Each step is one
-call into the package that owns it."""
+call into the package that owns it.
+
+    torchrun --nproc_per_node=2 run.py               # one cell on 2 processes (core/distributed.py)
+Every process validates, loads and prunes (the pruners split the work); rank 0 alone prints,
+evaluates, writes the record and logs; a process that dies fails the cell on rank 0, one line."""
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from core.paths import CONF_DIR
@@ -44,6 +51,7 @@ signal.signal(signal.SIGINT, _interrupted_early)  # until the imports are done: 
 
 import hydra  # noqa: E402  (after the cheap argument check)
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
@@ -52,27 +60,38 @@ from bench.cell import Cell, validate  # noqa: E402
 from bench.results.mask_files import save_masks  # noqa: E402
 from bench.results.records import finished, new_record, save_record  # noqa: E402
 from bench.results.tracking import log_record  # noqa: E402
+from core import distributed  # noqa: E402
 from core.calibration import build_calibration  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.files import remove_stale_partials  # noqa: E402
 from core.memory import peak_memory_mb  # noqa: E402
-from core.models import load_model, resolve_device, save_model  # noqa: E402
+from core.models import check_device_map, load_model, resolve_device, save_model  # noqa: E402
 from core.structure import sparsity_summary  # noqa: E402
 from evals.suite import evaluate  # noqa: E402
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again
 
 
-def run_cell(cfg: DictConfig, cell: Cell) -> Path | None:
-    for folder in (cell.results_dir, cell.results_dir / "masks", cell.results_dir.parent / "models"):
-        remove_stale_partials(folder)  # what killed runs left
-    if finished(cell.results_dir, cell.key) and not cfg.force:
+def quiet(cfg: DictConfig) -> None:
+    """Ranks other than 0 print nothing of their own (rank 0 speaks for the cell)."""
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    cfg.driver.progress = False
+
+
+def run_cell(cfg: DictConfig, cell: Cell, world: distributed.World) -> Path | None:
+    if world.main:
+        for folder in (cell.results_dir, cell.results_dir / "masks", cell.results_dir.parent / "models"):
+            remove_stale_partials(folder)  # what killed runs left
+    device = resolve_device(cfg.model.device)
+    backend = distributed.start(world, device)
+    if distributed.all_agree(finished(cell.results_dir, cell.key)) and not cfg.force:
         print(f"skip: cell {cell.key} already done ({cell.results_dir / (cell.key + '.json')}); "
               "force=true re-runs it")
         return None
 
     torch.manual_seed(int(cfg.seed))
-    device = resolve_device(cfg.model.device)
     print(f"load: model {cfg.model.name} on {device}", flush=True)
     model, tokenizer = load_model(cfg.model)
     calibration = build_calibration(cell.requests, tokenizer, cfg.data.general.calib, cfg.domain.calib,
@@ -80,6 +99,8 @@ def run_cell(cfg: DictConfig, cell: Cell) -> Path | None:
     start = time.perf_counter()
     reports = cell.pruner.prune(model, calibration, device)
     prune_seconds = time.perf_counter() - start
+    if not world.main:
+        return None  # rank 0 evaluates the pruned model (every rank holds the same one)
     evaluation = evaluate(model, tokenizer, cfg.eval, cfg.domain, cfg.data.general, cell.data_root,
                           progress=bool(cfg.driver.progress))
 
@@ -89,7 +110,8 @@ def run_cell(cfg: DictConfig, cell: Cell) -> Path | None:
         evaluation=evaluation, sparsity=sparsity_summary(model), prune_seconds=prune_seconds,
         prune_stages=cell.pruner.stages, matrices=[r.as_dict() for r in reports],
         memory={"peak_rss_mb": peak_memory_mb(),
-                "peak_cuda_mb": peak_memory_mb(device) if device.type == "cuda" else None})
+                "peak_cuda_mb": peak_memory_mb(device) if device.type == "cuda" else None},
+        world={"size": world.size, "backend": backend})
     if cfg.save_masks:
         save_masks(model, cell.results_dir / "masks" / f"{cell.key}.npz")
         record["masks"] = f"masks/{cell.key}.npz"  # relative to the record's folder
@@ -108,22 +130,35 @@ def run_cell(cfg: DictConfig, cell: Cell) -> Path | None:
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    key = None
+    key, world = None, distributed.World()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        world = distributed.world_from_env()
+        if not world.main:
+            quiet(cfg)
         cell = validate(cfg)
+        check_device_map(cfg.model, cell.pruner.name, world.size)
+        distributed.check_shares(cell.requests, world)
         key = cell.key
-        run_cell(cfg, cell)
+        run_cell(cfg, cell, world)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if world.main:
+            print(f"error: {err}", file=sys.stderr)
         if multirun:
             raise  # the grid sweeper lists the failed cell; the grid's other cells still run
         sys.exit(2)
+    except dist.DistError as err:
+        if world.main:
+            print(f"error: another of the {world.size} processes of cell {key} failed or "
+                  f"vanished ({str(err).splitlines()[0]}); nothing recorded", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print(f"interrupted: nothing recorded for cell {key or '(not yet validated)'}", file=sys.stderr)
         if multirun:
             raise
         sys.exit(130)
+    finally:
+        distributed.stop()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length",
 GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 GGUF_STRING, GGUF_ARRAY = 8, 9
 LOAD_ERRORS = (OSError, ValueError, SafetensorError)
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's big-model placements
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,6 +63,26 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ConfigError(f"model.dtype={name!r} is not supported; choose one of {sorted(DTYPES)}")
     return DTYPES[name]
+
+
+def check_device_map(cfg: Any, pruner: str, processes: int = 1) -> None:
+    """`model.device_map` (accelerate's big-model inference: layers spread over the visible GPUs,
+    then CPU memory) loads and evaluates a model larger than one device. The layer-by-layer
+    methods run on it unchanged; D-Pruner's domain pass moves the whole model, so it takes
+    processes (FSDP) instead, and one process per device cannot share a map."""
+    value = cfg.get("device_map")
+    if value is None:
+        return
+    if value not in DEVICE_MAPS:
+        raise ConfigError(f"model.device_map={value!r}; choose null or one of {list(DEVICE_MAPS)}")
+    if cfg.source == "random":
+        raise ConfigError("model.device_map needs a pretrained model (source wheel_gguf or pretrained)")
+    if pruner == "dpruner":
+        raise ConfigError("model.device_map does not run D-Pruner's domain pass (it moves the whole "
+                          "model); run it on several processes instead (torchrun, README)")
+    if processes > 1:
+        raise ConfigError(f"model.device_map with {processes} processes: a map spreads one process "
+                          "over the devices; use one process, or none of the map")
 
 
 def _cache_root(cfg: Any) -> Path:
@@ -323,14 +344,17 @@ def load_model(cfg: Any) -> tuple[PreTrainedModel, Any]:
         model, tokenizer = _random_model(cfg)
     else:
         location = _pretrained_location(cfg)
+        placement = {"device_map": cfg.device_map} if cfg.get("device_map") else {}
         with _load_errors(location):
             model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(cfg.dtype),
-                                                         **_hub_kwargs(cfg))
+                                                         **_hub_kwargs(cfg), **placement)
         tokenizer = load_tokenizer(cfg)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.use_cache = False
     model.eval()
+    if getattr(model, "hf_device_map", None):
+        return model, tokenizer  # placed by accelerate; moving it would undo the map
     return model.to(resolve_device(cfg.device)), tokenizer
 
 

@@ -10,7 +10,12 @@
    that read the same tensor, like q/k/v, share one accumulator), the method turns statistics
    into new weights, the reconstruction error is measured, and the layer is re-run so that the
    next layer sees pruned outputs (`propagate: pruned`) or keeps the dense outputs.
-Only one layer's statistics are alive at a time."""
+Only one layer's statistics are alive at a time.
+
+Across processes (core/distributed.py) each rank runs the layers over its own share of the
+windows; every statistic is a sum over tokens, so its sums are all-reduced before a matrix is
+pruned, every rank then prunes the same way, and rank 0's new weight is broadcast so that the
+replicas stay bit-identical. One process: no share, no collective."""
 
 from __future__ import annotations
 
@@ -25,15 +30,25 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from core.distributed import all_reduce_, all_reduce_float, broadcast_, current
 from core.memory import peak_memory_mb
 from core.structure import decoder_layers, model_linears, prunable_linears
 from pruners.base import DriverSettings, MatrixReport
 
 
+class Statistic(Protocol):
+    """A method's per-matrix statistic: a sum over calibration tokens (so ranks can add theirs)."""
+
+    sums: torch.Tensor
+    tokens: int
+
+    def add(self, x: torch.Tensor) -> None: ...
+
+
 class LayerwiseMethod(Protocol):
     """The math a method plugs into the driver."""
 
-    def make_stats(self, columns: int, device: torch.device) -> Any: ...
+    def make_stats(self, columns: int, device: torch.device) -> Statistic: ...
 
     def prune_matrix(self, name: str, weight: torch.Tensor, stats: Any) -> tuple[torch.Tensor | None, dict]:
         """Return the new weight (None: leave it) and notes for the report."""
@@ -161,6 +176,12 @@ class _Collector:
                 handle.remove()
             self._first.clear()
 
+    def reduce(self) -> None:
+        """Every rank's statistics summed (the same order on every rank: the hooks' order)."""
+        for stats in self.stats.values():
+            all_reduce_(stats.sums)
+            stats.tokens = int(all_reduce_float(float(stats.tokens)))
+
     def stats_for(self, name: str) -> Any:
         return self.stats[self.owner[name]]
 
@@ -179,7 +200,11 @@ def relative_error(x: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> flo
 def run_layerwise(model: nn.Module, ids: torch.Tensor, method: LayerwiseMethod,
                   settings: DriverSettings, device: torch.device,
                   label: str = "prune") -> list[MatrixReport]:
-    """Drive `method` over every decoder layer; returns one report per linear matrix."""
+    """Drive `method` over every decoder layer (each rank over its share of `ids`); returns one
+    report per linear matrix."""
+    world = current()
+    if world.distributed:
+        ids = ids[world.share(ids.shape[0])]
     layers = decoder_layers(model)
     model_linears(model)  # fails clearly when there is nothing to prune
     if settings.offload:
@@ -194,6 +219,8 @@ def run_layerwise(model: nn.Module, ids: torch.Tensor, method: LayerwiseMethod,
         collector = _Collector(linears, method.make_stats, settings.error_tokens)
         with collector.hooks():
             outputs = [call.run(layer, h) for h, call in zip(hiddens, calls[index], strict=True)]
+        if world.distributed:
+            collector.reduce()
         changed = False
         for name, linear in linears.items():
             start = time.perf_counter()
@@ -201,6 +228,8 @@ def run_layerwise(model: nn.Module, ids: torch.Tensor, method: LayerwiseMethod,
             new, notes = method.prune_matrix(full_name, linear.weight.data, collector.stats_for(name))
             error = None
             if new is not None:
+                if world.distributed:
+                    new = broadcast_(new.contiguous())
                 error = relative_error(collector.sample_for(name), linear.weight.data, new)
                 linear.weight.data.copy_(new.to(linear.weight.dtype))
                 changed = True

@@ -15,6 +15,8 @@ Record layout (RECORD_VERSION 3; version 2 had no `metrics_ci` / `evidence`):
           matrices: [per-matrix report: name, shape, error, seconds, peak_mem_mb, notes]}
   eval: {seconds, details}
   memory: {peak_rss_mb, peak_cuda_mb}
+  world: {size, backend}: the processes the cell ran on (1, null: one process; how it ran, not
+         what it computes, so not part of the key)
   versions, git, samples (generated texts), masks (path relative to the record, or null),
   saved_model (folder, only with save_model=true)"""
 
@@ -50,6 +52,7 @@ NOT_IN_KEY = (
     ("driver", "progress"), ("hydra",), ("save_model",), ("save_masks",),
     ("pruner", "cache_dir"), ("pruner", "scratch_dir"), ("data", "fingerprint_cache"),
     ("pruner", "driver", "progress"),  # version-1 records carried the driver inside the pruner
+    ("model", "device_map"),  # where accelerate places the layers; added later, so old keys stay valid
 )
 
 
@@ -115,7 +118,8 @@ def git_revision() -> str:
 def new_record(key: str, config: Mapping[str, Any], *, pruner: str, calib_source: str | None,
                evaluation: EvalResult, sparsity: Mapping[str, Any], prune_seconds: float,
                prune_stages: Mapping[str, Any], matrices: list[dict[str, Any]],
-               memory: Mapping[str, float | None]) -> dict[str, Any]:
+               memory: Mapping[str, float | None],
+               world: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A finished cell's record in the layout above, with an interval for every metric."""
     return {
         "key": key, "version": RECORD_VERSION, "status": "done",
@@ -129,7 +133,7 @@ def new_record(key: str, config: Mapping[str, Any], *, pruner: str, calib_source
         "sparsity": dict(sparsity),
         "prune": {"seconds": prune_seconds, "stages": dict(prune_stages), "matrices": matrices},
         "eval": {"seconds": evaluation.seconds, "details": dict(evaluation.details)},
-        "memory": dict(memory),
+        "memory": dict(memory), "world": dict(world or {"size": 1, "backend": None}),
         "versions": versions(), "git": git_revision(), "samples": dict(evaluation.samples),
         "evidence": dict(evaluation.evidence), "masks": None,
     }

@@ -13,7 +13,7 @@ Three separable parts, so that a sharded run can swap the loop and keep the rest
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -94,6 +94,10 @@ class GradientConsumer:
         """Post-accumulate hook: consume this parameter's gradient, then free it."""
         grad = param.grad.float()
         param.grad = None
+        self.take(m, grad)
+
+    def take(self, m: MatrixScore, grad: torch.Tensor) -> None:
+        """Consume one matrix's (fp32) gradient with its regulariser term."""
         self.consume(m, grad, self.regularizer_grad(m, grad))
 
     def regularizer_grad(self, m: MatrixScore, grad: torch.Tensor) -> torch.Tensor | None:
@@ -181,6 +185,32 @@ def exact_step(loss: NextTokenLoss, batch: torch.Tensor, matrices: list[MatrixSc
         consumer.consume(m, g, r)
 
 
+def score_buffers(name: str, param: nn.Parameter | torch.Tensor, store: torch.device,
+                  device: torch.device) -> MatrixScore:
+    """Zeroed importance (fp32, on `store`) and regulariser sums of one matrix (or shard)."""
+    return MatrixScore(name, param, torch.zeros(param.shape, dtype=torch.float32, device=store),
+                       torch.zeros((), device=device), torch.zeros((), device=device))
+
+
+def run_trajectory(options: DPrunerOptions, chunks: list[torch.Tensor], total: int,
+                   backward: Callable[[torch.Tensor, Pass], None], progress: bool) -> None:
+    """Every step's passes over the batches in turn (epochs wrap around)."""
+    trajectory = Trajectory(options, total)
+    for step in tqdm(range(total), desc="dpruner domain", unit="batch", disable=not progress):
+        batch = chunks[step % len(chunks)]
+        for current in trajectory.passes(step):
+            backward(batch, current)
+
+
+def matrix_notes(matrices: list[MatrixScore], total: int) -> dict[str, dict]:
+    """Per matrix the regulariser's size next to the gradient, and the mean |g| per step."""
+    notes = {}
+    for m in matrices:
+        grad, reg = float(m.grad_sum), float(m.reg_sum)
+        notes[m.name] = {"reg_ratio": reg / grad if grad > 0 else 0.0, "grad_abs_mean": grad / total}
+    return notes
+
+
 def domain_importance(model: nn.Module, ids: torch.Tensor, G: Tensors, dense: Tensors | None,
                       options: DPrunerOptions, device: torch.device, store: torch.device,
                       progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
@@ -189,14 +219,10 @@ def domain_importance(model: nn.Module, ids: torch.Tensor, G: Tensors, dense: Te
     if device.type == "cpu" or store.type == "cpu":
         free_large_blocks_at_once()  # per-matrix gradients come and go: do not hoard them
     model.to(device)
-    matrices = [MatrixScore(name, linear.weight,
-                            torch.zeros(linear.weight.shape, dtype=torch.float32, device=store),
-                            torch.zeros((), device=device), torch.zeros((), device=device))
+    matrices = [score_buffers(name, linear.weight, store, device)
                 for name, linear in model_linears(model).items()]
     consumer = GradientConsumer(options, G, dense)
-    chunks = batches(ids, options.batch_size)
     total = options.steps(ids.shape[0])
-    trajectory = Trajectory(options, total)
     with ExitStack() as stack:
         stack.enter_context(backprop_mode(model, [m.param for m in matrices],
                                           options.gradient_checkpointing and not options.exact,
@@ -206,16 +232,13 @@ def domain_importance(model: nn.Module, ids: torch.Tensor, G: Tensors, dense: Te
         if not options.exact:
             for m in matrices:
                 stack.callback(m.param.register_post_accumulate_grad_hook(partial(consumer.hook, m)).remove)
-        for step in tqdm(range(total), desc="dpruner domain", unit="batch", disable=not progress):
-            batch = chunks[step % len(chunks)].to(device)
-            for current in trajectory.passes(step):
-                if options.exact:
-                    exact_step(loss, batch, matrices, consumer, current)
-                else:
-                    consumer.current = current
-                    loss.backward(batch)
-    notes = {}
-    for m in matrices:
-        grad, reg = float(m.grad_sum), float(m.reg_sum)
-        notes[m.name] = {"reg_ratio": reg / grad if grad > 0 else 0.0, "grad_abs_mean": grad / total}
-    return {m.name: m.importance for m in matrices}, notes
+
+        def backward(batch: torch.Tensor, current: Pass) -> None:
+            if options.exact:
+                exact_step(loss, batch.to(device), matrices, consumer, current)
+            else:
+                consumer.current = current
+                loss.backward(batch.to(device))
+
+        run_trajectory(options, batches(ids, options.batch_size), total, backward, progress)
+    return {m.name: m.importance for m in matrices}, matrix_notes(matrices, total)

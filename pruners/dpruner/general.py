@@ -2,7 +2,10 @@
 statistics-only pass of the shared layer-by-layer driver over general text (dense propagation:
 the weights are not changed). G is cached on disk, keyed by the model's weights and the exact
 calibration windows, so an ablation sweep computes it once; the cache is checksummed, and a
-damaged entry is discarded with one warning and recomputed."""
+damaged entry is discarded with one warning and recomputed.
+
+Across processes the driver sums each Hessian over the ranks, so every rank derives the same G;
+the cache is used only when every rank finds it, and only rank 0 writes it."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.distributed import all_agree, current
 from core.files import Damaged, discard_damaged, remove_stale_partials
 from pruners.base import DriverSettings
 from pruners.dpruner.formulas import general_importance
@@ -94,12 +98,14 @@ def compute_general_importance(model: nn.Module, ids: torch.Tensor, options: DPr
     before; a file read on demand when `scratch` (G on disk) is given, else a dict on `store`."""
     path = None
     if options.cache_dir is not None:
-        remove_stale_partials(options.cache_dir)
+        if current().main:
+            remove_stale_partials(options.cache_dir)
         path = options.cache_dir / f"general_{general_cache_key(model, ids, options.percdamp)}.bin"
         cached = _cached(path, store)
-        if cached is not None:
+        if all_agree(cached is not None):
             log.info("D-Pruner general importance from cache %s", path)
             return _loaded(cached, scratch is not None), cached.notes
+        path = path if current().main else None  # one writer
     settings = dataclasses.replace(driver, propagate="dense")
     target = path or (scratch / "general.bin" if scratch is not None else None)
     if target is None:

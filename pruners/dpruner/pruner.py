@@ -5,6 +5,9 @@ keep the weights that matter both for general ability and for the target domain.
 3. mask: keep the top (1 - sparsity) of I (of G for `general_only`) per matrix, per column block
 or per N:M group, applied to the original dense weights (below).
 
+Across processes (torchrun, SLURM) the general pass is data-parallel (the driver sums the
+Hessians over the ranks) and the domain pass runs on FSDP (sharded.py); the mask is the same.
+
 Memory: the model, I (fp32) and, while the regulariser needs it, G (fp32). With G on disk
 (`scratch: disk`, or `auto` on a CPU) G and the dense copy live in files read one matrix at a time;
 otherwise G sits with I (on the device, or the CPU with `buffers_on_cpu`) and the dense copy in
@@ -26,6 +29,7 @@ from tqdm.auto import tqdm
 
 from core.calibration import Calibration, WindowRequest
 from core.checks import as_int
+from core.distributed import World, current, world_from_env
 from core.errors import ConfigError
 from core.files import scratch_folder
 from core.memory import peak_memory_mb
@@ -34,6 +38,7 @@ from pruners.base import MatrixReport, Pruner, register
 from pruners.dpruner.domain import domain_importance
 from pruners.dpruner.general import Tensors, compute_general_importance
 from pruners.dpruner.options import DPrunerOptions
+from pruners.dpruner.sharded import own_rows, sharded_domain_importance
 from pruners.dpruner.tensorfile import TensorFile
 from pruners.masks import select_mask
 
@@ -63,12 +68,28 @@ def dense_copy(model: nn.Module, scratch: Path | None) -> Tensors:
     return TensorFile.open(scratch / "dense.bin")
 
 
+def check_world(o: DPrunerOptions, world: World) -> None:
+    """Across processes every global batch must split evenly (so that FSDP's averaged gradient is
+    the batch mean), and the double-backward regulariser is single-process only."""
+    if not world.distributed or not o.needs_domain:
+        return
+    if o.exact:
+        raise ConfigError("pruner.regularizer_grad=exact (double backward) runs on one process only")
+    for key, value in (("pruner.batch_size", o.batch_size), ("pruner.domain_calib.nsamples",
+                                                             o.domain_calib["nsamples"])):
+        if value % world.size:
+            raise ConfigError(f"{key}={value} must be a multiple of the {world.size} processes "
+                              "(every domain batch is split evenly across them)")
+
+
 @register("dpruner")
 class DPruner(Pruner):
     def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
                  **options: Any) -> None:
         super().__init__(sparsity, pattern, driver)
         self.options = DPrunerOptions(**options)
+        check_world(self.options, world_from_env())
+
 
     def calibration_requests(self, calib: Mapping[str, Any]) -> dict[str, WindowRequest]:
         """General windows (the `calib` group's sizes, always C4-like general text) while G is
@@ -102,13 +123,18 @@ class DPruner(Pruner):
             dense, domain_notes = None, {}
             if not o.needs_domain:
                 scores = G
+            elif current().distributed:  # FSDP; the loaded model stays unchanged: it is the dense copy
+                G = own_rows(G)
+                scores, domain_notes = sharded_domain_importance(model, calibration.domain, G, o, device,
+                                                                 store, self.driver.progress)
             else:
                 dense = dense_copy(model, scratch) if o.update_weights else None
                 scores, domain_notes = domain_importance(model, calibration.domain, G, dense, o, device,
                                                          store, self.driver.progress)
+            if o.needs_domain:
                 ratio = statistics.fmean(n["reg_ratio"] for n in domain_notes.values())
                 log.info("D-Pruner regulariser / gradient (mean over matrices): %.3g", ratio)
-                del G
+            del G
             clock.mark("domain")
             reports = self.apply_masks(model, scores, dense)
         clock.mark("mask")
