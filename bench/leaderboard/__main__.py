@@ -1,10 +1,12 @@
 """Leaderboard tables and plots from every finished cell record.
 
-    python -m bench.leaderboard [RESULTS_DIR] [--out results/leaderboard] [--wandb]
+    python -m bench.leaderboard [RESULTS_DIR] [--out results/leaderboard] [--vs-dense] [--wandb]
 
 Per domain: `<domain>.md`, `<domain>.csv` and a self-contained `<domain>.html` (plots inlined),
 methods x metrics in one block per sparsity/pattern (and calibration, where not general), the
-dense model as the reference row of every block and the best pruned method per column marked.
+dense model as the reference row of every block, each value with its 95 % interval where the
+record has one, cells that differ only by seed folded into one row, and the best pruned method per
+column in bold, alone only where a paired test on the same items tells it from the runner-up.
 A cell that was not run, or a metric it did not measure, is an empty cell, never a zero.
 A record it cannot use (unreadable, unfinished, another record version, a malformed `cell` block,
 a metric that is not a finite number) is named on stderr, `skipped <path>: <why>`, and the rest
@@ -15,26 +17,32 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.leaderboard import plots
-from bench.leaderboard.render import csv_text, html_page, markdown
-from bench.leaderboard.table import Cell, Suite, build, label_cells, method_rank, read_cells, slug
+from bench.leaderboard.cells import Cell, read_cells
+from bench.leaderboard.csv_table import csv_text
+from bench.leaderboard.render import html_page, markdown
+from bench.leaderboard.rows import Suite, slug
+from bench.leaderboard.seeds import group_cells
+from bench.leaderboard.table import build, label_cells, method_rank
 from bench.results.tracking import MODES, log_leaderboard
 from core.files import write_atomic
 
 
 def entries(cells: Iterable[Cell]) -> list[plots.Entry]:
-    """The cells as the plots see them; mask paths are resolved beside each record."""
+    """The (labelled) cells as the plots see them: one point per table row, the mean over its
+    seeds, with the intervals as error bars."""
     out = []
-    for c in cells:
-        masks = c.record.get("masks")
+    for group in group_cells(cells):
+        c, estimates = group.first, group.estimates
         out.append(plots.Entry(series=c.label, domain=c.domain, sparsity=c.sparsity, pattern=c.pattern,
-                               metrics=c.record["metrics"], reference=c.reference,
-                               masks=c.path.parent / masks if masks else None, variant=c.variant))
+                               metrics={m: e.value for m, e in estimates.items()}, reference=c.reference,
+                               variant=c.variant,
+                               intervals={m: e.interval for m, e in estimates.items() if e.interval}))
     return out
 
 
@@ -52,39 +60,51 @@ def domain_plots(suite: Suite, out: Path) -> list[Path]:
     return [p for p in made if p is not None]
 
 
-def similarity_plots(cells: Sequence[Cell], out: Path) -> list[Path]:
-    """(c) one heatmap per model, eval preset, sparsity and pattern, over methods and domains;
-    cells whose mask file is absent (e.g. records copied without masks) are left out."""
-    groups: dict[tuple, list[plots.Entry]] = defaultdict(list)
+def _masks(cells: Sequence[Cell]) -> tuple[dict[tuple, list[tuple[Cell, Path]]], int]:
+    """The pruned cells with a mask file, by model, eval preset, sparsity and pattern; and how
+    many name a mask file that is absent (e.g. records copied without masks)."""
+    groups: dict[tuple, list[tuple[Cell, Path]]] = defaultdict(list)
     absent = 0
-    for c, entry in zip(cells, entries(cells), strict=True):
-        if entry.reference or entry.masks is None:
+    for c in cells:
+        name = c.record.get("masks")
+        if c.reference or not name:
             continue
-        if not entry.masks.exists():
+        if not (c.path.parent / name).exists():
             absent += 1
             continue
-        groups[(c.model, c.eval, c.sparsity, c.pattern)].append(entry)
+        groups[(c.model, c.eval, c.sparsity, c.pattern)].append((c, c.path.parent / name))
+    return groups, absent
+
+
+def similarity_plots(cells: Sequence[Cell], out: Path) -> list[Path]:
+    """(c) one heatmap per model, eval preset, sparsity and pattern, over methods and domains (and
+    seeds, each its own mask); cells whose mask file is absent are left out."""
+    groups, absent = _masks(cells)
     if absent:
         print(f"note: {absent} record(s) name a mask file that is not there; "
               "left out of the similarity plots", file=sys.stderr)
     made = []
     for (model, eval_name, sparsity, pattern), group in sorted(groups.items()):
-        group.sort(key=lambda e: (e.domain, method_rank(e.series.split(" ")[0]), e.series))
+        group.sort(key=lambda item: (item[0].domain, method_rank(item[0].method), item[0].label,
+                                     item[0].seed or 0))
+        rows = Counter((c.label, c.domain) for c, _ in group)
+        labels = [f"{c.label} / {c.domain}" + (f" · seed {c.seed}" if rows[(c.label, c.domain)] > 1 else "")
+                  for c, _ in group]
         name = slug(f"masks-{model}-{eval_name}-s{sparsity:g}-{pattern}")
         title = f"{model} · eval={eval_name} · sparsity {sparsity:g} · {pattern}"
-        path = plots.mask_similarity([f"{e.series} / {e.domain}" for e in group], [e.masks for e in group],
-                                     title, out / f"{name}.png")
+        path = plots.mask_similarity(labels, [p for _, p in group], title, out / f"{name}.png")
         if path is not None:
             made.append(path)
     return made
 
 
-def write(cells: Sequence[Cell], out: Path, header: str) -> tuple[dict[str, str], list[Path]]:
+def write(cells: Sequence[Cell], out: Path, header: str,
+          vs_dense: bool = False) -> tuple[dict[str, str], list[Path]]:
     """Write every file; returns ({domain: CSV text}, all plot paths)."""
     cells = label_cells(cells)
     shared = similarity_plots(cells, out)
     tables, images = {}, list(shared)
-    for domain, suites in build(cells).items():
+    for domain, suites in build(cells, vs_dense).items():
         own = [p for s in suites for p in domain_plots(s, out)]
         images += own
         tables[domain] = csv_text(suites)
@@ -100,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.leaderboard", description=__doc__.split("\n")[0])
     parser.add_argument("results", nargs="?", default="results/runs", help="folder of cell records")
     parser.add_argument("--out", default="results/leaderboard", help="where tables and plots go")
+    parser.add_argument("--vs-dense", action="store_true",
+                        help="add per block each pruned row's difference to dense with its paired interval "
+                             "(one bootstrap per row and metric: slower)")
     parser.add_argument("--wandb", action="store_true", help="also log tables and plots to W&B")
     parser.add_argument("--wandb-mode", default="auto", choices=MODES,
                         help="auto: online with credentials, offline otherwise")
@@ -121,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = shlex.join(["python", "-m", "bench.leaderboard", *argv])
     header = f"Generated by `{command}` on {when} from {len(cells)} cell record(s) in `{results}`."
-    tables, images = write(cells, out, header)
+    tables, images = write(cells, out, header, args.vs_dense)
     also = f" ({len(skipped)} record(s) skipped)" if skipped else ""
     print(f"leaderboard: {len(cells)} cells{also}, {len(tables)} domain(s) -> {out}/"
           f" ({', '.join(sorted(tables))}; {len(images)} plots)")

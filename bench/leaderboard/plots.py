@@ -1,14 +1,15 @@
 """Leaderboard plots (PNG, matplotlib's Agg backend so they render on headless machines):
 (a) domain perplexity vs sparsity per method, (b) general vs domain perplexity per method (the
 generality/specificity trade-off), drawn for the methods and, apart, for the ablation variants,
-(c) Jaccard similarity of kept weights between cells. Legends sit outside the axes, where they
+(c) Jaccard similarity of kept weights between cells. Where records carry 95 % intervals they are
+drawn as error bars (the dense reference: a band). Legends sit outside the axes, where they
 cannot hide points."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from core.files import atomic_open  # noqa: E402
 
 @dataclass(frozen=True)
 class Entry:
-    """What a plot needs to know about one finished cell."""
+    """What a plot needs to know about one table row (a cell, or the mean over its seeds)."""
 
     series: str  # the row label in the leaderboard: method, plus calib / variant where needed
     domain: str
@@ -33,8 +34,8 @@ class Entry:
     pattern: str
     metrics: dict[str, float]
     reference: bool = False  # the dense model
-    masks: Path | None = None
     variant: str = ""  # set for an ablation: what it changes from its method's default
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95 %, where recorded
 
     @property
     def method_series(self) -> str:
@@ -77,6 +78,13 @@ def _series(entries: Sequence[Entry]) -> list[tuple[str, list[Entry], Any]]:
     return [(name, grouped[name], palette(i % palette.N)) for i, name in enumerate(sorted(grouped))]
 
 
+def _errors(entries: Sequence[Entry], metric: str) -> list[list[float]]:
+    """Error bar lengths below and above each entry's value (zero without an interval)."""
+    ends = [e.intervals.get(metric, (e.metrics[metric], e.metrics[metric])) for e in entries]
+    return [[e.metrics[metric] - low for e, (low, _) in zip(entries, ends, strict=True)],
+            [high - e.metrics[metric] for e, (_, high) in zip(entries, ends, strict=True)]]
+
+
 def _log_grid(ax: plt.Axes, axes: str) -> None:
     """Log axes labelled 20, 30, 60 rather than 2x10^1 (perplexities are read, not estimated),
     over a grid."""
@@ -116,17 +124,22 @@ def ppl_vs_sparsity(entries: Sequence[Entry], domain: str, title: str, path: Pat
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for series, group, color in _series(entries):
-            line = sorted((e.sparsity, e.metrics[metric]) for e in group
-                          if e.pattern == "unstructured" and finite(e.metrics.get(metric)))
+            line = sorted((e for e in group if e.pattern == "unstructured" and finite(e.metrics.get(metric))),
+                          key=lambda e: e.sparsity)
             if line:
-                ax.plot(*zip(*line, strict=True), marker="o", color=color, label=series)
+                ax.errorbar([e.sparsity for e in line], [e.metrics[metric] for e in line],
+                            yerr=_errors(line, metric), marker="o", color=color, label=series, capsize=3)
             for e in group:
                 if e.pattern != "unstructured" and finite(e.metrics.get(metric)):
+                    ax.errorbar(e.sparsity, e.metrics[metric], yerr=_errors([e], metric), fmt="none",
+                                ecolor=color, capsize=3)
                     ax.scatter(e.sparsity, e.metrics[metric], marker="s", color=color, edgecolors="black",
                                label=f"{series} {e.pattern}", zorder=3)
         for e in entries:
             if e.reference and finite(e.metrics.get(metric)):
                 ax.axhline(e.metrics[metric], color="grey", linestyle="--", label=e.series)
+                if metric in e.intervals:
+                    ax.axhspan(*e.intervals[metric], color="grey", alpha=0.15)
         ax.set(xlabel="sparsity", ylabel=f"{_task(metric)} perplexity (log)", yscale="log",
                title=f"{domain}: {_task(metric)}")
         _log_grid(ax, "y")
@@ -151,6 +164,9 @@ def _trade_off_panel(ax: plt.Axes, entries: Sequence[Entry], x_metric: str, y_me
         if line:
             ax.plot(*zip(*line, strict=True), marker="o", color=color, label=series)
         for e in cells:
+            if x_metric in e.intervals or y_metric in e.intervals:
+                ax.errorbar(*point(e), xerr=_errors([e], x_metric), yerr=_errors([e], y_metric), fmt="none",
+                            ecolor=color, alpha=0.6, capsize=2)
             marker = "o" if e.pattern == "unstructured" else "s"
             ax.scatter(*point(e), marker=marker, color=color, edgecolors="black", zorder=3,
                        label=None if line else series)

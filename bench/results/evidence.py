@@ -9,7 +9,7 @@ records scored on the same items, and the chance / majority baselines of choice 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -88,3 +88,23 @@ def baselines(evidence: Evidence) -> dict[str, dict[str, float]] | None:
     if evidence["kind"] != "choice":
         return None
     return chance_and_majority(evidence["gold"], int(evidence["n_choices"]))
+
+
+def seeds_difference(a: Sequence[Evidence], b: Sequence[Evidence], metric: str,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(mean over a's seeds - mean over b's seeds, low, high) for rows scored under several seeds
+    on the same items: items are resampled jointly across every seed of both, so the interval
+    holds the item variation only (one seed each: `paired_difference`)."""
+    items = _items(a[0])
+    if any(_items(e) != items for e in [*a, *b]):
+        raise ValueError("paired comparison needs every seed scored on the same items")
+    parts = [metric_samples(e, metric) for e in [*a, *b]]
+    statistic, arity = parts[0][1], len(parts[0][0])
+    values = [s for samples, _ in parts for s in samples]
+
+    def diff(*arrays: np.ndarray) -> float:
+        scores = [statistic(*arrays[i:i + arity]) for i in range(0, len(arrays), arity)]
+        return float(np.mean(scores[:len(a)]) - np.mean(scores[len(a):]))
+
+    low, high = bootstrap_interval(values, diff, seed=seed)
+    return diff(*(np.asarray(v, dtype=float) for v in values)), low, high
