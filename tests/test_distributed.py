@@ -1,0 +1,185 @@
+"""Several processes (gloo, CPU, 2 ranks, tiny models; a spawn takes 25-50 s here, so those tests
+are slow) against the single-process computation: all-reduced layer-wise statistics give the same
+masks, D-Pruner's FSDP domain pass the same
+importance, and a process that dies fails the cell on rank 0 with one line and no record."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from core import distributed
+from core.calibration import Calibration
+from core.errors import ConfigError
+from core.structure import model_linears
+from pruners import DriverSettings, build
+from pruners.dpruner.domain import domain_importance
+from pruners.dpruner.general import compute_general_importance
+from pruners.dpruner.options import DPrunerOptions
+from pruners.dpruner.pruner import check_world
+from pruners.dpruner.sharded import own_rows, sharded_domain_importance
+from pruners.masks import select_mask
+from tests.conftest import VOCAB, tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU = torch.device("cpu")
+QUIET = DriverSettings(progress=False)
+WORLD = 2
+
+
+def windows(n: int, seqlen: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def masks(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: linear.weight != 0 for name, linear in model_linears(model).items()}
+
+
+def layerwise(method: str) -> dict[str, torch.Tensor]:
+    """A method's masks on the tiny LLaMA (its share of the windows on each rank)."""
+    model = tiny_model("llama")
+    build(method, sparsity=0.5, driver={"progress": False, "batch_size": 2}).prune(
+        model, Calibration(ids=windows(8, 24, 0)), CPU)
+    return masks(model)
+
+
+def general() -> dict[str, torch.Tensor]:
+    model, ids = tiny_model("llama"), windows(8, 24, 0)
+    return dict(compute_general_importance(model, ids, DPrunerOptions(), QUIET, CPU, CPU)[0])
+
+
+def domain(update_weights: bool) -> dict[str, torch.Tensor]:
+    """D-Pruner's importance I: single process, or on FSDP (gathered) across the ranks."""
+    options = DPrunerOptions(update_weights=update_weights, batch_size=4, lambda_=1e6)
+    model = tiny_model("llama")
+    G, _ = compute_general_importance(model, windows(8, 24, 0), options, QUIET, CPU, CPU)
+    ids = windows(8, 24, 1)
+    if distributed.current().distributed:
+        scores, _ = sharded_domain_importance(model, ids, own_rows(G), options, CPU, CPU, progress=False)
+        return {name: scores[name] for name in scores}
+    dense = {name: linear.weight.detach().clone() for name, linear in model_linears(model).items()}
+    return domain_importance(model, ids, G, dense, options, CPU, CPU, progress=False)[0]
+
+
+TASKS = {"wanda": lambda: layerwise("wanda"), "sparsegpt": lambda: layerwise("sparsegpt"), "general": general,
+         "domain_frozen": lambda: domain(False), "domain_trajectory": lambda: domain(True)}
+
+
+def _worker(rank: int, port: int, task: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    distributed.start(distributed.world_from_env(), CPU)
+    try:
+        result = TASKS[task]()
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        distributed.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def on_two_ranks(task: str, tmp_path: Path) -> Any:
+    out = tmp_path / f"{task}.pt"
+    mp.spawn(_worker, args=(free_port(), task, str(out)), nprocs=WORLD)
+    return torch.load(out)
+
+
+def agreement(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    same = sum(int((a[n] == b[n]).sum()) for n in a)
+    return same / sum(t.numel() for t in a.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_all_reduced_statistics_give_the_single_process_masks(method: str, tmp_path: Path) -> None:
+    assert agreement(on_two_ranks(method, tmp_path), TASKS[method]()) == 1.0
+
+
+@pytest.mark.slow
+def test_all_reduced_hessians_give_the_single_process_general_importance(tmp_path: Path) -> None:
+    sharded, single = on_two_ranks("general", tmp_path), general()
+    for name in single:
+        torch.testing.assert_close(sharded[name], single[name], rtol=1e-4, atol=1e-7)
+        assert torch.equal(select_mask(sharded[name], 0.5), select_mask(single[name], 0.5))
+
+
+@pytest.mark.slow
+def test_fsdp_domain_pass_frozen_equals_one_process(tmp_path: Path) -> None:
+    """Same global batches, frozen weights: only the reduction order of the gradient differs."""
+    sharded, single = on_two_ranks("domain_frozen", tmp_path), domain(False)
+    for name in single:
+        torch.testing.assert_close(sharded[name], single[name], rtol=1e-4, atol=1e-9)
+        assert torch.equal(select_mask(sharded[name], 0.5), select_mask(single[name], 0.5))
+
+
+@pytest.mark.slow
+def test_fsdp_domain_pass_along_the_trajectory_is_close(tmp_path: Path) -> None:
+    """Along the SGD trajectory each step's rounding difference (~1e-7 relative, the gradient's
+    reduction order) moves the weights that the next step's gradient is taken at, so the
+    importances agree to a tolerance and the masks to near-ties only."""
+    sharded, single = on_two_ranks("domain_trajectory", tmp_path), domain(True)
+    for name in single:
+        torch.testing.assert_close(sharded[name], single[name], rtol=1e-3, atol=1e-8)
+    mask = {n: select_mask(sharded[n], 0.5) for n in single}
+    assert agreement(mask, {n: select_mask(single[n], 0.5) for n in single}) >= 0.999
+
+
+def test_uneven_domain_batches_are_refused_before_any_work() -> None:
+    with pytest.raises(ConfigError, match="pruner.batch_size=3 must be a multiple of the 2 processes"):
+        check_world(DPrunerOptions(batch_size=3), distributed.World(0, 2))
+    with pytest.raises(ConfigError, match="exact"):
+        check_world(DPrunerOptions(regularizer_grad="exact"), distributed.World(0, 2))
+
+
+def test_launcher_variables() -> None:
+    assert distributed.world_from_env({}) == distributed.World()
+    assert distributed.world_from_env({"SLURM_PROCID": "1", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1"}) == \
+        distributed.World(1, 4, 1)
+    with pytest.raises(ConfigError, match="outside a world"):
+        distributed.world_from_env({"RANK": "2", "WORLD_SIZE": "2"})
+    assert [distributed.World(r, 3).share(8) for r in range(3)] == [slice(0, 2), slice(2, 5), slice(5, 8)]
+
+
+DIE_ON_RANK_1 = """
+import os, runpy, sys
+import pruners.driver as driver
+real = driver.broadcast_
+def broadcast_(tensor, src=0):
+    if os.environ["RANK"] == "1":
+        os._exit(3)
+    return real(tensor, src)
+driver.broadcast_ = broadcast_
+sys.argv = ["run.py", *sys.argv[1:]]
+runpy.run_path("run.py", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_dead_rank_fails_the_cell_on_rank_0_with_one_line(tmp_path: Path) -> None:
+    """Rank 1 dies in the middle of pruning: rank 0's next collective fails, one line, no record."""
+    script = tmp_path / "die.py"
+    script.write_text(DIE_ON_RANK_1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+            f"--master_port={free_port()}", str(script), "model=tiny-llama", "eval=smoke", "logger=none",
+            "pruner=wanda",
+            f"results.dir={tmp_path / 'runs'}", "driver.progress=false"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "another of the 2 processes" in errors[0], done.stderr[-3000:]
+    assert not list((tmp_path / "runs").glob("*.json"))
