@@ -103,7 +103,8 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         stages = ", ".join(f"{k} {v['seconds']:.0f}s" for k, v in rank0["stages"].items()) or "-"
         rss = " / ".join(f"{x['peak_rss_mb']:.0f}" for x in r["ranks"])
         lines.append(f"| {r['processes']} | {r['backend'] or '-'} | {rank0['seconds']:.1f} | {stages} "
-                     f"| {rss} | {rank0['runtime_rss_mb']:.0f} | {r['wall_seconds']:.0f} | {r['agreement']:.5%} |")
+                     f"| {rss} | {rank0['runtime_rss_mb']:.0f} | {r['wall_seconds']:.0f} "
+                     f"| {r['agreement']:.5%} |")
     lines += ["", "Peak RSS is each rank's own high-water mark (interpreter, torch, tokenizer, its full "
               "copy of the loaded model, which is also D-Pruner's dense copy, and its shards). The "
               "ranks share the machine's cores, so on a CPU more processes are not faster."]
