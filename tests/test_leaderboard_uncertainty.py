@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bench import leaderboard
+from bench.leaderboard import compare
 from bench.leaderboard.__main__ import entries, main
 from bench.results.evidence import metric_intervals, point_value
 from bench.results.records import save_record
@@ -67,7 +68,8 @@ def board(tmp_path: Path, records: list[dict], *options: str) -> tuple[str, list
     folder, out = tmp_path / "runs", tmp_path / "board"
     for r in records:
         save_record(folder, r)
-    assert main([str(folder), "--out", str(out), *options]) == 0
+    cache = str(tmp_path / "differences.json")
+    assert main([str(folder), "--out", str(out), "--cache", cache, *options]) == 0
     text = (out / "legal.csv").read_text(encoding="utf-8")
     return ((out / "legal.md").read_text(encoding="utf-8"), list(csv.DictReader(io.StringIO(text))),
             (out / "legal.html").read_text(encoding="utf-8"))
@@ -215,3 +217,28 @@ def test_one_record_without_evidence_leaves_its_columns_untested(tmp_path: Path)
                record("magnitude", "magnitude", metrics={ACC: 0.3}, version=2)]
     block = only_block(records, tmp_path)
     assert block.best[ACC] == {"wanda"} and block.untested == {ACC}
+
+
+def test_a_rebuild_reuses_the_stored_differences(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    records = [record("dense", "dense", {"legal/casehold": choice(correct(0.9, 0))}),
+               record("wanda", "wanda", {"legal/casehold": choice(correct(0.8, 1))}),
+               record("magnitude", "magnitude", {"legal/casehold": choice(correct(0.3, 2))})]
+    first, _, _ = board(tmp_path, records, "--vs-dense")
+    assert (tmp_path / "differences.json").exists()
+
+    def bootstrap(*_: object) -> None:
+        raise AssertionError("bootstrapped again")
+
+    monkeypatch.setattr(compare, "difference", bootstrap)
+    again, _, _ = board(tmp_path, records, "--vs-dense")
+    assert again.splitlines()[3:] == first.splitlines()[3:]  # all but the time it was generated
+
+
+def test_only_cells_that_differ_by_seed_alone_share_a_row(tmp_path: Path) -> None:
+    """Another seed folds in; the same seed read from edited data (other fingerprints) does not."""
+    records = [record(f"w{s}", "wanda", metrics={PPL: 30.0 + s}, intervals={}, seed=s) for s in (0, 1)]
+    records.append(record("w0-edited", "wanda", metrics={PPL: 40.0}, intervals={}))
+    records[2]["config"]["inputs"] = {"legal/texts.jsonl": "0123abcd"}
+    block = only_block(records, tmp_path)
+    labels = sorted(r.label for r in block.rows)
+    assert labels == ["wanda (w0) (2 seeds)", "wanda (w0-edited)"]

@@ -8,15 +8,22 @@ version 3) the column falls back to the point-best, and the block lists it as un
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import sys
+from pathlib import Path
 
 from bench.leaderboard.cells import COST, direction
 from bench.leaderboard.rows import Block, Row
 from bench.leaderboard.seeds import Estimate, Group, Z, between_seeds, standard_error
 from bench.results.evidence import paired_difference, seeds_difference
 from bench.results.records import finite
+from core.files import write_atomic
+from core.uncertainty import LEVEL, RESAMPLES, SEED
 
 Difference = tuple[float, float, float]  # (a - b, low, high)
+SETTINGS = [1, LEVEL, RESAMPLES, SEED]  # a stored difference holds for these only (1: this layout)
 
 
 def difference(a: Group, b: Group, metric: str) -> Difference | None:
@@ -41,11 +48,16 @@ def difference(a: Group, b: Group, metric: str) -> Difference | None:
 
 
 class Comparisons:
-    """Paired differences, each bootstrapped once per leaderboard (0.1-2 s apiece): a - b and
-    b - a are one bootstrap, and marks and differences to dense ask from several places."""
+    """Paired differences, each bootstrapped once (0.1-2 s apiece): a - b and b - a are one
+    bootstrap, and with a `stored` file (JSON, by a digest of both rows' evidence, their seed
+    values, the metric and the bootstrap's settings) a rebuild bootstraps only new pairs."""
 
-    def __init__(self) -> None:
+    def __init__(self, stored: Path | None = None) -> None:
         self._found: dict[tuple, Difference | None] = {}
+        self._stored_path = stored
+        self._stored = _read(stored)
+        self._new: dict[str, list[float] | None] = {}
+        self._digests: dict[tuple, str] = {}
 
     def __call__(self, a: Group, b: Group, metric: str) -> Difference | None:
         if b.keys < a.keys:
@@ -53,8 +65,53 @@ class Comparisons:
             return None if found is None else (-found[0], -found[2], -found[1])
         key = (a.keys, b.keys, metric)
         if key not in self._found:
-            self._found[key] = difference(a, b, metric)
+            self._found[key] = self._look_up(a, b, metric)
         return self._found[key]
+
+    def _look_up(self, a: Group, b: Group, metric: str) -> Difference | None:
+        source = metric.rpartition("/")[0]
+        if self._stored_path is None or a.evidence(source) is None or b.evidence(source) is None:
+            return difference(a, b, metric)
+        pair = json.dumps([SETTINGS, metric, self._digest(a, source), self._digest(b, source),
+                           a.seed_values(metric), b.seed_values(metric)])
+        digest = hashlib.sha256(pair.encode()).hexdigest()
+        if digest not in self._stored:
+            found = difference(a, b, metric)
+            self._stored[digest] = self._new[digest] = None if found is None else list(found)
+        found = self._stored[digest]
+        return None if found is None else (found[0], found[1], found[2])
+
+    def _digest(self, group: Group, source: str) -> str:
+        """The content of a row's evidence for one source (all seeds), hashed once per build."""
+        key = (group.keys, source)
+        if key not in self._digests:
+            text = json.dumps(group.evidence(source), sort_keys=True)
+            self._digests[key] = hashlib.sha256(text.encode()).hexdigest()
+        return self._digests[key]
+
+    def save(self) -> None:
+        """Add this build's new differences to the stored file (merged with what another build
+        may have written meanwhile; written atomically); a file that cannot be written is a
+        warning, the leaderboard being built already."""
+        if self._stored_path is None or not self._new:
+            return
+        try:
+            write_atomic(self._stored_path, json.dumps({**_read(self._stored_path), **self._new}))
+        except OSError as err:
+            print(f"warning: paired differences not stored in {self._stored_path} "
+                  f"({err.strerror or err}); the next build bootstraps them again", file=sys.stderr)
+
+
+def _read(path: Path | None) -> dict[str, list[float] | None]:
+    """The stored differences; an absent or unreadable file is an empty store (recomputed)."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8")) if path else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {k: v for k, v in found.items()
+            if v is None or (isinstance(v, list) and len(v) == 3 and all(map(finite, v)))}
 
 
 def excludes_zero(found: Difference) -> bool:

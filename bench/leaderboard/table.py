@@ -159,13 +159,14 @@ def build_suite(cells: list[Cell], domain: str, compare: Comparisons, vs_dense: 
     return Suite(model, eval_name, domain, cells, groups, blocks, suite_notes(groups, columns))
 
 
-def build(cells: Sequence[Cell], vs_dense: bool = False) -> dict[str, list[Suite]]:
+def build(cells: Sequence[Cell], vs_dense: bool = False,
+          compare: Comparisons | None = None) -> dict[str, list[Suite]]:
     """{domain: [one Suite per (model, eval preset)]}; `vs_dense` adds each pruned row's paired
-    difference to dense."""
+    difference to dense; `compare` may bring stored differences (see Comparisons)."""
     grouped: dict[tuple[str, str, str], list[Cell]] = defaultdict(list)
     for c in label_cells(cells):
         grouped[(c.domain, c.model, c.eval)].append(c)
-    compare = Comparisons()
+    compare = compare or Comparisons()
     out: dict[str, list[Suite]] = defaultdict(list)
     for (domain, _, _), group in sorted(grouped.items()):
         out[domain].append(build_suite(group, domain, compare, vs_dense))
