@@ -17,6 +17,7 @@ is still built; only a folder with nothing usable is an error."""
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections import Counter, defaultdict
@@ -35,7 +36,7 @@ from bench.leaderboard.table import build, label_cells, method_rank
 from bench.results.tracking import MODES, log_leaderboard
 from core.files import write_atomic
 
-CACHE = Path("~/.cache/dpruner-bench/paired-differences.json")
+CACHE = Path(os.environ.get("DPB_CACHE_DIR", "~/.cache/dpruner-bench")) / "paired-differences.json"
 
 
 def entries(cells: Iterable[Cell]) -> list[plots.Entry]:
