@@ -51,7 +51,6 @@ signal.signal(signal.SIGINT, _interrupted_early)  # until the imports are done: 
 
 import hydra  # noqa: E402  (after the cheap argument check)
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
@@ -147,10 +146,13 @@ def main(cfg: DictConfig) -> None:
         if multirun:
             raise  # the grid sweeper lists the failed cell; the grid's other cells still run
         sys.exit(2)
-    except dist.DistError as err:
+    except RuntimeError as err:
+        if not distributed.peer_failed(err):
+            raise
         if world.main:
-            print(f"error: another of the {world.size} processes of cell {key} failed or "
-                  f"vanished ({str(err).splitlines()[0]}); nothing recorded", file=sys.stderr)
+            why = str(err).splitlines()[0].split(". ")[0][-100:]
+            print(f"error: another of the {world.size} processes of cell {key} failed or vanished ({why}); "
+                  "nothing recorded", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print(f"interrupted: nothing recorded for cell {key or '(not yet validated)'}", file=sys.stderr)

@@ -24,6 +24,8 @@ from core.errors import ConfigError
 # (rank, world size, local rank) variables, in the order they are looked for
 LAUNCHER_VARIABLES = (("RANK", "WORLD_SIZE", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"))
 TIMEOUT = timedelta(minutes=30)  # a collective waiting longer than this fails the cell
+# how gloo and NCCL word a collective whose peer died (they raise a plain RuntimeError)
+PEER_FAILURE = ("closed by peer", "connection reset", "remote worker", "nccl", "timed out", "timeout")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,14 @@ def start(world: World, device: torch.device) -> str | None:
     backend = backend_for(device)
     dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=TIMEOUT)
     return backend
+
+
+def peer_failed(err: BaseException) -> bool:
+    """Whether `err` is a collective that failed because another process died or hung."""
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and dist.is_initialized() and any(m in text for m in PEER_FAILURE)
 
 
 def stop() -> None:

@@ -156,6 +156,7 @@ def test_launcher_variables() -> None:
 
 DIE_ON_RANK_1 = """
 import os, runpy, sys
+sys.path.insert(0, os.getcwd())
 import pruners.driver as driver
 real = driver.broadcast_
 def broadcast_(tensor, src=0):
