@@ -106,8 +106,9 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                      f"| {rss} | {rank0['runtime_rss_mb']:.0f} | {r['wall_seconds']:.0f} "
                      f"| {r['agreement']:.5%} |")
     lines += ["", "Peak RSS is each rank's own high-water mark (interpreter, torch, tokenizer, its full "
-              "copy of the loaded model, which is also D-Pruner's dense copy, and its shards). The "
-              "ranks share the machine's cores, so on a CPU more processes are not faster."]
+              "copy of the loaded model, which is also D-Pruner's dense copy, and its shards). Each "
+              "rank runs the torch threads shown (OMP_NUM_THREADS), so N processes use N times the "
+              "cores of one; on a machine shared with other work the times are indicative only."]
     return "\n".join(lines) + "\n"
 
 
