@@ -59,7 +59,7 @@ from bench.cell import Cell, validate  # noqa: E402
 from bench.results.mask_files import save_masks  # noqa: E402
 from bench.results.records import finished, new_record, save_record  # noqa: E402
 from bench.results.tracking import log_record  # noqa: E402
-from core import distributed  # noqa: E402
+from core import distributed as processes  # noqa: E402  (a `distributed` global breaks submitit)
 from core.calibration import build_calibration  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.files import remove_stale_partials  # noqa: E402
@@ -79,13 +79,16 @@ def quiet(cfg: DictConfig) -> None:
     cfg.driver.progress = False
 
 
-def run_cell(cfg: DictConfig, cell: Cell, world: distributed.World) -> Path | None:
-    if world.main:
+def run_cell(cfg: DictConfig, cell: Cell, world: processes.World) -> Path | None:
+    """The cell's work after validation. (core.distributed is imported as `processes`: a global
+    named `distributed` beside `torch` and `cell.config` makes cloudpickle, which the submitit
+    launcher uses, pull in torch.distributed.config, which does not pickle.)"""
+    if world.leader:
         for folder in (cell.results_dir, cell.results_dir / "masks", cell.results_dir.parent / "models"):
             remove_stale_partials(folder)  # what killed runs left
     device = resolve_device(cfg.model.device)
-    backend = distributed.start(world, device)
-    if distributed.all_agree(finished(cell.results_dir, cell.key)) and not cfg.force:
+    backend = processes.start(world, device)
+    if processes.all_agree(finished(cell.results_dir, cell.key)) and not cfg.force:
         print(f"skip: cell {cell.key} already done ({cell.results_dir / (cell.key + '.json')}); "
               "force=true re-runs it")
         return None
@@ -98,7 +101,7 @@ def run_cell(cfg: DictConfig, cell: Cell, world: distributed.World) -> Path | No
     start = time.perf_counter()
     reports = cell.pruner.prune(model, calibration, device)
     prune_seconds = time.perf_counter() - start
-    if not world.main:
+    if not world.leader:
         return None  # rank 0 evaluates the pruned model (every rank holds the same one)
     evaluation = evaluate(model, tokenizer, cfg.eval, cfg.domain, cfg.data.general, cell.data_root,
                           progress=bool(cfg.driver.progress))
@@ -129,27 +132,27 @@ def run_cell(cfg: DictConfig, cell: Cell, world: distributed.World) -> Path | No
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    key, world = None, distributed.World()
+    key, world = None, processes.World()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        world = distributed.world_from_env()
-        if not world.main:
+        world = processes.world_from_env()
+        if not world.leader:
             quiet(cfg)
         cell = validate(cfg)
         check_device_map(cfg.model, cell.pruner.name, world.size)
-        distributed.check_shares(cell.requests, world)
+        processes.check_shares(cell.requests, world)
         key = cell.key
         run_cell(cfg, cell, world)
     except ConfigError as err:
-        if world.main:
+        if world.leader:
             print(f"error: {err}", file=sys.stderr)
         if multirun:
             raise  # the grid sweeper lists the failed cell; the grid's other cells still run
         sys.exit(2)
     except RuntimeError as err:
-        if not distributed.peer_failed(err):
+        if not processes.peer_failed(err):
             raise
-        if world.main:
+        if world.leader:
             why = str(err).splitlines()[0].split(". ")[0][-100:]
             print(f"error: another of the {world.size} processes of cell {key} failed or vanished ({why}); "
                   "nothing recorded", file=sys.stderr)
@@ -160,7 +163,7 @@ def main(cfg: DictConfig) -> None:
             raise
         sys.exit(130)
     finally:
-        distributed.stop()
+        processes.stop()
 
 
 if __name__ == "__main__":

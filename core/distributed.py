@@ -37,7 +37,7 @@ class World:
     local_rank: int = 0
 
     @property
-    def main(self) -> bool:
+    def leader(self) -> bool:
         """Rank 0 validates aloud, evaluates, writes the record and logs."""
         return self.rank == 0
 

@@ -248,6 +248,17 @@ def test_launcher_runs_a_two_cell_grid(launcher: list[str], tmp_path: Path) -> N
     no_leftovers(results)
 
 
+@pytest.mark.slow
+def test_submitit_with_two_tasks_runs_one_cell_on_two_processes(tmp_path: Path) -> None:
+    results = tmp_path / "runs"
+    run_py(tmp_path, results, "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+           "hydra.launcher.tasks_per_node=2", "pruner=wanda", "logger=none")
+    (record,) = records(results).values()
+    assert record["world"] == {"size": 2, "backend": "gloo"}
+    assert record["sparsity"]["achieved"] == 0.5
+    no_leftovers(results)
+
+
 # ---------------------------------------------------------------------------------------- W&B
 
 @pytest.mark.slow

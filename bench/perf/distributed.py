@@ -56,7 +56,7 @@ def measure(method: str, model_name: str, domain: str, masks_out: str, overrides
         ranks = [None] * world.size
         dist.all_gather_object(ranks, mine)
     distributed.stop()
-    if not world.main:
+    if not world.leader:
         return None
     torch.save({name: linear.weight != 0 for name, linear in model_linears(model).items()}, masks_out)
     fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20

@@ -98,14 +98,14 @@ def compute_general_importance(model: nn.Module, ids: torch.Tensor, options: DPr
     before; a file read on demand when `scratch` (G on disk) is given, else a dict on `store`."""
     path = None
     if options.cache_dir is not None:
-        if current().main:
+        if current().leader:
             remove_stale_partials(options.cache_dir)
         path = options.cache_dir / f"general_{general_cache_key(model, ids, options.percdamp)}.bin"
         cached = _cached(path, store)
         if all_agree(cached is not None):
             log.info("D-Pruner general importance from cache %s", path)
             return _loaded(cached, scratch is not None), cached.notes
-        path = path if current().main else None  # one writer
+        path = path if current().leader else None  # one writer
     settings = dataclasses.replace(driver, propagate="dense")
     target = path or (scratch / "general.bin" if scratch is not None else None)
     if target is None:
