@@ -15,12 +15,9 @@ evaluates, writes the record and logs; a process that dies fails the cell on ran
 
 from __future__ import annotations
 
-import logging
-import os
 import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from core.paths import CONF_DIR
@@ -64,19 +61,11 @@ from core.calibration import build_calibration  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.files import remove_stale_partials  # noqa: E402
 from core.memory import peak_memory_mb  # noqa: E402
-from core.models import check_device_map, load_model, resolve_device, save_model  # noqa: E402
+from core.models import load_model, resolve_device, save_model  # noqa: E402
 from core.structure import sparsity_summary  # noqa: E402
 from evals.suite import evaluate  # noqa: E402
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again
-
-
-def quiet(cfg: DictConfig) -> None:
-    """Ranks other than 0 print nothing of their own (rank 0 speaks for the cell)."""
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
-    logging.disable(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    cfg.driver.progress = False
 
 
 def run_cell(cfg: DictConfig, cell: Cell, world: processes.World) -> Path | None:
@@ -137,10 +126,9 @@ def main(cfg: DictConfig) -> None:
     try:
         world = processes.world_from_env()
         if not world.leader:
-            quiet(cfg)
-        cell = validate(cfg)
-        check_device_map(cfg.model, cell.pruner.name, world.size)
-        processes.check_shares(cell.requests, world)
+            processes.quiet()
+            cfg.driver.progress = False
+        cell = validate(cfg, world)
         key = cell.key
         run_cell(cfg, cell, world)
     except ConfigError as err:
@@ -150,12 +138,11 @@ def main(cfg: DictConfig) -> None:
             raise  # the grid sweeper lists the failed cell; the grid's other cells still run
         sys.exit(2)
     except RuntimeError as err:
-        if not processes.peer_failed(err):
+        message = processes.peer_failure(err, world, key)
+        if message is None:
             raise
         if world.leader:
-            why = str(err).splitlines()[0].split(". ")[0][-100:]
-            print(f"error: another of the {world.size} processes of cell {key} failed or vanished ({why}); "
-                  "nothing recorded", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print(f"interrupted: nothing recorded for cell {key or '(not yet validated)'}", file=sys.stderr)

@@ -16,8 +16,9 @@ from bench.results.tracking import resolve_mode
 from core.calibration import WindowRequest, calibration_files, calibration_settings, check_context
 from core.checks import as_bool, as_int
 from core.data import resolve_data_root
+from core.distributed import World, check_shares
 from core.fingerprint import fingerprints
-from core.models import check_model, model_context
+from core.models import check_device_map, check_model, model_context
 from core.paths import project_path
 from evals.suite import check_eval_inputs, check_eval_settings
 from pruners import Pruner, from_config
@@ -35,7 +36,7 @@ class Cell:
     results_dir: Path
 
 
-def validate(cfg: DictConfig) -> Cell:
+def validate(cfg: DictConfig, world: World | None = None) -> Cell:
     """Every setting and file the cell will use, checked (files read with the run's own
     readers) before any weights load."""
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -50,6 +51,9 @@ def validate(cfg: DictConfig) -> Cell:
     if cfg.logger.name == "wandb":
         resolve_mode(cfg.logger.mode)
     check_model(cfg.model)
+    world = world or World()
+    check_device_map(cfg.model, pruner.name, world.size)
+    check_shares(requests, world)
     context = model_context(cfg.model)
     check_context(requests, context)
     check_eval_settings(cfg.eval, context, cfg.domain)

@@ -10,7 +10,10 @@ MASTER_PORT set by the job script."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -109,6 +112,21 @@ def peer_failed(err: BaseException) -> bool:
         return True
     text = str(err).lower()
     return isinstance(err, RuntimeError) and dist.is_initialized() and any(m in text for m in PEER_FAILURE)
+
+
+def peer_failure(err: BaseException, world: World, key: str | None) -> str | None:
+    """The one line for a cell whose other process died (None when `err` is something else)."""
+    if not peer_failed(err):
+        return None
+    why = str(err).splitlines()[0].split(". ")[0][-100:]
+    return f"another of the {world.size} processes of cell {key} failed or vanished ({why}); nothing recorded"
+
+
+def quiet() -> None:
+    """Ranks other than 0 print nothing of their own (rank 0 speaks for the cell)."""
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
 
 
 def stop() -> None:
