@@ -127,7 +127,7 @@ def domain_texts(calib_cfg: Mapping[str, Any], data_root: Path) -> list[str]:
         found = reader(spec, data_root)
         if not any(text.strip() for text in found):
             raise ConfigError(f"domain.calib.sources.{name}: {spec.get('path')} has no items")
-        limit = spec.get("limit")
-        texts.extend(_evenly(found, None if limit is None else as_int(f"domain.calib.sources.{name}.limit",
-                                                                       limit, 1)))
+        limit = spec.get("limit")  # 0 leaves the source out
+        limit = None if limit is None else as_int(f"domain.calib.sources.{name}.limit", limit, 0)
+        texts.extend(_evenly(found, limit))
     return texts
