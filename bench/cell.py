@@ -21,7 +21,7 @@ from core.fingerprint import fingerprints
 from core.models import check_device_map, check_model, model_context
 from core.paths import project_path
 from evals.suite import check_eval_inputs, check_eval_settings
-from pruners import Pruner, from_config
+from pruners import Allocation, Pruner, from_config
 
 
 @dataclass
@@ -44,7 +44,7 @@ def validate(cfg: DictConfig, world: World | None = None) -> Cell:
     for flag in ("force", "save_masks", "save_model"):
         as_bool(flag, plain[flag])
     pruner = from_config(plain["pruner"], sparsity=plain["sparsity"], pattern=plain["pattern"],
-                         driver=plain["driver"])
+                         driver=plain["driver"], allocation=Allocation.of(plain["allocation"], plain["owl"]))
     root = resolve_data_root(cfg.data.root)
     WindowRequest.from_calib(cfg.calib)  # the calib group is checked even where a method ignores it
     requests = pruner.calibration_requests(cfg.calib)
@@ -62,7 +62,8 @@ def validate(cfg: DictConfig, world: World | None = None) -> Cell:
     files = calibration_files(requests, cfg.data.general.calib, cfg.domain.calib, root)
     files += check_eval_inputs(cfg.domain, cfg.data.general, root)
     config = cell_config(plain, dense=pruner.name == "dense", sparsity=pruner.sparsity,
-                         pattern=str(pruner.pattern), calib=calibration_settings(requests, cfg.calib))
+                         pattern=str(pruner.pattern), allocation=pruner.allocation.kind,
+                         calib=calibration_settings(requests, cfg.calib))
     cache = cfg.data.get("fingerprint_cache")
     config["inputs"] = fingerprints(files, root, project_path(cache) if cache else None)
     return Cell(pruner, requests, root, config, record_key(config), results_dir)

@@ -181,7 +181,13 @@ def build_calibration(requests: Mapping[str, WindowRequest], tokenizer: Any,
     """The windows of every request, each drawn with `seed`."""
     _check_slots(requests)
     calibration = Calibration()
+    built: dict[tuple, torch.Tensor] = {}  # slots asking for the same windows share them
     for slot, request in requests.items():
+        mix = request.mix if request.source == "mixed" else None
+        same = (request.source, request.nsamples, request.seqlen, mix)
+        if same in built:
+            setattr(calibration, slot, built[same])
+            continue
         n, seqlen = request.nsamples, request.seqlen
         general = domain = None
         if "general" in request.texts:
@@ -189,5 +195,6 @@ def build_calibration(requests: Mapping[str, WindowRequest], tokenizer: Any,
         if "domain" in request.texts:
             domain = domain_windows(tokenizer, domain_calib, root, n, seqlen, seed)
         windows = mixed_windows(general, domain, request.mix) if request.source == "mixed" else general
-        setattr(calibration, slot, domain if request.source == "domain" else windows)
+        built[same] = domain if request.source == "domain" else windows
+        setattr(calibration, slot, built[same])
     return calibration

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from core.distributed import all_reduce_, all_reduce_float, broadcast_, current
 from core.memory import peak_memory_mb
 from core.structure import decoder_layers, model_linears, prunable_linears
-from pruners.base import DriverSettings, MatrixReport
+from pruners.settings import DriverSettings, MatrixReport
 
 
 class Statistic(Protocol):
@@ -51,7 +51,8 @@ class LayerwiseMethod(Protocol):
     def make_stats(self, columns: int, device: torch.device) -> Statistic: ...
 
     def prune_matrix(self, name: str, weight: torch.Tensor, stats: Any) -> tuple[torch.Tensor | None, dict]:
-        """Return the new weight (None: leave it) and notes for the report."""
+        """Return the new weight (None: leave it) and notes for the report. A method may also
+        define `end_layer(index)`, called once a layer's matrices are done."""
 
 
 @dataclass
@@ -235,6 +236,8 @@ def run_layerwise(model: nn.Module, ids: torch.Tensor, method: LayerwiseMethod,
                 changed = True
             reports.append(MatrixReport.since(start, full_name, linear.weight, error, notes))
         del collector
+        if hasattr(method, "end_layer"):
+            method.end_layer(index)
         if settings.propagate == "pruned" and changed:
             outputs = [call.run(layer, h) for h, call in zip(hiddens, calls[index], strict=True)]
         hiddens = outputs

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from core.calibration import Calibration
 from core.checks import choice
 from core.structure import model_linears
+from pruners.allocation import Allocation
 from pruners.base import MatrixReport, Pruner, register
 from pruners.masks import select_mask
 from pruners.pattern import Pattern
@@ -26,18 +27,18 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, pattern: Pattern, grou
 @register("magnitude")
 class Magnitude(Pruner):
     def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured",
-                 driver=None, group: str = "per_matrix") -> None:
-        super().__init__(sparsity, pattern, driver)
+                 driver=None, allocation: Allocation | None = None, group: str = "per_matrix") -> None:
+        super().__init__(sparsity, pattern, driver, allocation)
         self.group = choice("pruner.group", group, sorted(GROUPS))
 
     @torch.no_grad()
-    def prune(self, model: nn.Module, calibration: Calibration,
+    def prune_model(self, model: nn.Module, calibration: Calibration,
               device: torch.device) -> list[MatrixReport]:
         reports = []
         for name, linear in tqdm(model_linears(model).items(), desc="magnitude", unit="matrix",
                                  disable=not self.driver.progress):
             start = time.perf_counter()
             weight = linear.weight.data
-            weight.mul_(magnitude_mask(weight, self.sparsity, self.pattern, self.group))
+            weight.mul_(magnitude_mask(weight, self.sparsity_of(name), self.pattern, self.group))
             reports.append(MatrixReport.since(start, name, weight))
         return reports

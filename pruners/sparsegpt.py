@@ -13,6 +13,7 @@ from torch import nn
 from core.calibration import Calibration
 from core.checks import as_float, as_int
 from core.errors import ConfigError
+from pruners.allocation import Allocation
 from pruners.base import MatrixReport, Pruner, register
 from pruners.driver import run_layerwise
 from pruners.hessian import Hessian, damped_inverse, exact_matmul
@@ -71,8 +72,8 @@ class SparseGPT(Pruner):
     calibrated = True
 
     def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
-                 blocksize: int = 128, percdamp: float = 0.01) -> None:
-        super().__init__(sparsity, pattern, driver)
+                 allocation: Allocation | None = None, blocksize: int = 128, percdamp: float = 0.01) -> None:
+        super().__init__(sparsity, pattern, driver, allocation)
         self.blocksize = as_int("pruner.blocksize", blocksize, 1)
         self.percdamp = as_float("pruner.percdamp", percdamp, 0.0, 1.0, open_low=True, open_high=True)
         if self.pattern.structured and self.blocksize % self.pattern.m:
@@ -82,9 +83,9 @@ class SparseGPT(Pruner):
         return Hessian(columns, device)
 
     def prune_matrix(self, name: str, weight: torch.Tensor, stats: Hessian) -> tuple[torch.Tensor, dict]:
-        return sparsegpt_prune(weight, stats.matrix(), self.sparsity, self.pattern,
+        return sparsegpt_prune(weight, stats.matrix(), self.sparsity_of(name), self.pattern,
                                self.blocksize, self.percdamp)
 
-    def prune(self, model: nn.Module, calibration: Calibration,
+    def prune_model(self, model: nn.Module, calibration: Calibration,
               device: torch.device) -> list[MatrixReport]:
         return run_layerwise(model, calibration.ids, self, self.driver, device, label="sparsegpt")

@@ -9,8 +9,9 @@ from pruners.driver import relative_error
 from pruners.hessian import Hessian, damped_inverse
 from pruners.magnitude import magnitude_mask
 from pruners.pattern import Pattern
+from pruners.scores import ColumnSquares
 from pruners.sparsegpt import sparsegpt_prune
-from pruners.wanda import ColumnSquares, wanda_mask
+from pruners.wanda import wanda_mask
 
 
 def correlated_inputs(tokens: int, columns: int, seed: int = 0) -> torch.Tensor:

@@ -65,6 +65,11 @@ class Cell:
         return self.method == "dense"
 
     @property
+    def allocation(self) -> str:
+        """How the sparsity was spread over the layers (records from before OWL: uniform)."""
+        return self.record["cell"].get("allocation", "uniform")
+
+    @property
     def seed(self) -> int | None:
         return self.record["cell"].get("seed", self.record.get("config", {}).get("seed"))
 

@@ -1,10 +1,12 @@
 """The result store: one JSON record per cell, named by a hash of what the cell computes,
 written atomically so a killed cell leaves no partial record and a rerun can skip finished ones.
 
-Record layout (RECORD_VERSION 3; version 2 had no `metrics_ci` / `evidence`):
+Record layout (RECORD_VERSION 3; version 2 had no `metrics_ci` / `evidence`; `allocation` came
+later within version 3, and its absence means uniform):
   key, version, created, status ("done")
-  cell: {model, pruner, domain, sparsity, pattern, calib, seed, eval}   -- the grid coordinates;
-        `sparsity` is the target the pattern gives (N:M: 1 - N/M), `calib` the baselines' source
+  cell: {model, pruner, domain, sparsity, pattern, calib, allocation, seed, eval}   -- the grid
+        coordinates; `sparsity` is the target (N:M: 1 - N/M; under OWL the mean over the pruned
+        weights), `calib` the baselines' source
   config: the resolved config, normalised (see `cell_config`), with `inputs`: {data file:
           sha256 prefix} of every file the cell read (so edited data gives a new key)
   metrics: flat {"<domain|general>/<task>/<metric>": float}
@@ -13,6 +15,8 @@ Record layout (RECORD_VERSION 3; version 2 had no `metrics_ci` / `evidence`):
   sparsity: {achieved (over the pruned matrices), model (over all parameters), per_matrix}
   prune: {seconds, stages (D-Pruner: seconds and peak memory of general / domain / mask),
           matrices: [per-matrix report: name, shape, error, seconds, peak_mem_mb, notes]}
+  allocation: {kind: uniform} or {kind: owl, threshold, lambda_, seconds, outlier_ratios,
+              sparsities}: the per-layer sparsities and the outlier ratios they came from
   eval: {seconds, details}
   memory: {peak_rss_mb, peak_cuda_mb}
   world: {size, backend}: the processes the cell ran on (1, null: one process; how it ran, not
@@ -80,12 +84,19 @@ def record_path(results_dir: Path, key: str) -> Path:
 
 
 def cell_config(config: dict[str, Any], *, dense: bool, sparsity: float, pattern: str,
-                calib: Mapping[str, Any] | None) -> dict[str, Any]:
+                calib: Mapping[str, Any] | None, allocation: str = "uniform") -> dict[str, Any]:
     """The resolved config normalised so that cells that compute the same thing share one key:
-    `sparsity` is what the pattern gives (dense: 0, N:M: 1 - N/M), and `calib` holds only the
-    calibration settings the method reads (`calib`; None drops the group)."""
+    `sparsity` is what the pattern gives (dense: 0, N:M: 1 - N/M), `calib` holds only the
+    calibration settings the method reads (`calib`; None drops the group). Settings added after
+    records existed are left out at their defaults, so those records keep their keys: `allocation`
+    with its `owl` group when uniform (dense is always uniform), `pruner.reconstruct` when none."""
     config = dict(config)
     config["sparsity"], config["pattern"] = (0.0, "unstructured") if dense else (sparsity, pattern)
+    if dense or allocation == "uniform":
+        config.pop("allocation", None)
+        config.pop("owl", None)
+    if isinstance(config.get("pruner"), dict) and config["pruner"].get("reconstruct") == "none":
+        config["pruner"] = {k: v for k, v in config["pruner"].items() if k != "reconstruct"}
     if calib is None:
         config.pop("calib", None)
     else:
@@ -118,20 +129,22 @@ def git_revision() -> str:
 def new_record(key: str, config: Mapping[str, Any], *, pruner: str, calib_source: str | None,
                evaluation: EvalResult, sparsity: Mapping[str, Any], prune_seconds: float,
                prune_stages: Mapping[str, Any], matrices: list[dict[str, Any]],
-               memory: Mapping[str, float | None],
-               world: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               memory: Mapping[str, float | None], world: Mapping[str, Any] | None = None,
+               layers: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A finished cell's record in the layout above, with an interval for every metric."""
     return {
         "key": key, "version": RECORD_VERSION, "status": "done",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "cell": {"model": config["model"]["name"], "pruner": pruner, "domain": config["domain"]["name"],
                  "sparsity": config["sparsity"], "pattern": config["pattern"], "calib": calib_source,
-                 "seed": int(config["seed"]), "eval": config["eval"]["name"]},
+                 "allocation": config.get("allocation", "uniform"), "seed": int(config["seed"]),
+                 "eval": config["eval"]["name"]},
         "config": dict(config),
         "metrics": dict(evaluation.metrics),
         "metrics_ci": metric_intervals(evaluation.metrics, evaluation.evidence),
         "sparsity": dict(sparsity),
         "prune": {"seconds": prune_seconds, "stages": dict(prune_stages), "matrices": matrices},
+        "allocation": dict(layers or {"kind": "uniform"}),
         "eval": {"seconds": evaluation.seconds, "details": dict(evaluation.details)},
         "memory": dict(memory), "world": dict(world or {"size": 1, "backend": None}),
         "versions": versions(), "git": git_revision(), "samples": dict(evaluation.samples),

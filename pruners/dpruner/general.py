@@ -20,12 +20,12 @@ from torch import nn
 
 from core.distributed import all_agree, current
 from core.files import Damaged, discard_damaged, remove_stale_partials
-from pruners.base import DriverSettings
 from pruners.dpruner.formulas import general_importance
 from pruners.dpruner.options import DPrunerOptions
 from pruners.dpruner.tensorfile import TensorFile
 from pruners.driver import run_layerwise
 from pruners.hessian import Hessian
+from pruners.settings import DriverSettings
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ from core.errors import ConfigError
 from core.files import scratch_folder
 from core.memory import peak_memory_mb
 from core.structure import model_linears
+from pruners.allocation import Allocation
 from pruners.base import MatrixReport, Pruner, register
 from pruners.dpruner.domain import domain_importance
 from pruners.dpruner.general import Tensors, compute_general_importance
@@ -85,8 +86,8 @@ def check_world(o: DPrunerOptions, world: World) -> None:
 @register("dpruner")
 class DPruner(Pruner):
     def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
-                 **options: Any) -> None:
-        super().__init__(sparsity, pattern, driver)
+                 allocation: Allocation | None = None, **options: Any) -> None:
+        super().__init__(sparsity, pattern, driver, allocation)
         self.options = DPrunerOptions(**options)
         check_world(self.options, world_from_env())
 
@@ -94,7 +95,7 @@ class DPruner(Pruner):
     def calibration_requests(self, calib: Mapping[str, Any]) -> dict[str, WindowRequest]:
         """General windows (the `calib` group's sizes, always C4-like general text) while G is
         needed; domain windows of the pruner's own `domain_calib` sizes unless only G ranks."""
-        o, requests = self.options, {}
+        o, requests = self.options, super().calibration_requests(calib)  # OWL's `ids`
         if o.needs_general:
             requests["general"] = WindowRequest("general", as_int("calib.nsamples", calib["nsamples"]),
                                                 as_int("calib.seqlen", calib["seqlen"]),
@@ -103,7 +104,7 @@ class DPruner(Pruner):
             requests["domain"] = WindowRequest("domain", o.domain_calib["nsamples"], o.domain_calib["seqlen"])
         return requests
 
-    def prune(self, model: nn.Module, calibration: Calibration,
+    def prune_model(self, model: nn.Module, calibration: Calibration,
               device: torch.device) -> list[MatrixReport]:
         o = self.options
         for slot, needed in (("general", o.needs_general), ("domain", o.needs_domain)):
@@ -155,7 +156,8 @@ class DPruner(Pruner):
                                  disable=not self.driver.progress):
             start = time.perf_counter()
             weight = linear.weight.data
-            keep = select_mask(scores[name], self.sparsity, self.pattern, group, self.options.block_size)
+            keep = select_mask(scores[name], self.sparsity_of(name), self.pattern, group,
+                               self.options.block_size)
             original = weight if dense is None else dense[name].to(weight.device)
             weight.copy_(torch.where(keep.to(weight.device), original, torch.zeros((), dtype=weight.dtype)))
             reports.append(MatrixReport.since(start, name, weight))
