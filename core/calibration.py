@@ -1,7 +1,8 @@
 """Calibration windows: what a method asks for and how the windows are built.
 
-A method states its needs as `WindowRequest`s by slot (`ids` for the baselines' set, `general`
-and `domain` for D-Pruner). The same requests decide which files are checked before the model
+A method states its needs as `WindowRequest`s by slot (`ids` for the baselines' set and OWL's
+outlier ratios, `general`, `domain` and `reconstruct` for D-Pruner); slots asking for the same
+windows share one set. The same requests decide which files are checked before the model
 loads, which calibration settings enter the cell's record key, and which windows are built, so
 that the rule lives in one place. Windows are `[nsamples, seqlen]` token ids drawn with the
 cell's seed from documents joined end to end (EOS between them), so a window can be longer than
@@ -24,7 +25,7 @@ from core.errors import ConfigError
 
 SOURCES = ("general", "domain", "mixed")
 CALIB_KEYS = ("source", "nsamples", "seqlen", "mix")  # the `calib` config group
-SLOTS = ("ids", "general", "domain")
+SLOTS = ("ids", "general", "domain", "reconstruct")
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,13 @@ class WindowRequest:
 @dataclass
 class Calibration:
     """Token windows [n, seqlen] by slot: `ids` is the baselines' set (chosen by `calib=`);
-    D-Pruner uses `general` for its general importance and `domain` for its domain importance."""
+    D-Pruner uses `general` for its general importance, `domain` for its domain importance and
+    `reconstruct` for the OBS update of its kept weights."""
 
     ids: torch.Tensor | None = None
     general: torch.Tensor | None = None
     domain: torch.Tensor | None = None
+    reconstruct: torch.Tensor | None = None  # D-Pruner's weight reconstruction (`pruner.reconstruct`)
 
 
 def _check_slots(requests: Mapping[str, WindowRequest]) -> None:

@@ -23,10 +23,13 @@ from pruners.pattern import Pattern
 
 @torch.no_grad()
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
-                    pattern: Pattern | None = None, blocksize: int = 128,
-                    percdamp: float = 0.01) -> tuple[torch.Tensor, dict]:
-    """Return (pruned and compensated weight in fp32, notes)."""
+                    pattern: Pattern | None = None, blocksize: int = 128, percdamp: float = 0.01,
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Return (pruned and compensated weight in fp32, notes). With `mask` (bool keep-mask, as the
+    weight) the mask is fixed: no selection, only the OBS compensation of the kept weights (with
+    a fixed mask the result does not depend on `blocksize`, only its rounding does)."""
     pattern = pattern or Pattern()
+    fixed = mask is not None
     with exact_matmul():
         W = weight.detach().float().clone()
         inverse = damped_inverse(hessian, percdamp)
@@ -36,17 +39,18 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         # before i are already fixed. U_ii^2 plays the role of [H^-1]_ii in the OBS score.
         U = inverse.upper
         columns = W.shape[1]
-        keep = torch.ones_like(W, dtype=torch.bool)
+        keep = mask.to(W.device, torch.bool) if fixed else torch.ones_like(W, dtype=torch.bool)
         for start in range(0, columns, blocksize):
             end = min(start + blocksize, columns)
             W1 = W[:, start:end].clone()  # this block's weights, updated in place as columns go
             U1 = U[start:end, start:end]
             d = torch.diagonal(U1)
             errors = torch.zeros_like(W1)  # scaled errors of this block, for the lazy update below
-            if not pattern.structured:  # adaptive mask: chosen once per block on its current weights
+            # adaptive mask: chosen once per block on its current weights (N:M: per group, below)
+            if not fixed and not pattern.structured:
                 keep[:, start:end] = unstructured_mask(W1.pow(2) / d.pow(2).unsqueeze(0), sparsity)
             for i in range(end - start):
-                if pattern.structured and i % pattern.m == 0:  # N:M: each group chosen as it starts
+                if not fixed and pattern.structured and i % pattern.m == 0:  # N:M group starts
                     group = slice(i, i + pattern.m)
                     score = W1[:, group].pow(2) / d[group].pow(2).unsqueeze(0)
                     keep[:, start + i : start + i + pattern.m] = nm_mask(score, pattern.n, pattern.m)

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from core.calibration import Calibration, WindowRequest
-from core.checks import as_int
+from core.checks import as_float, as_int
 from core.distributed import World, current, world_from_env
 from core.errors import ConfigError
 from core.files import scratch_folder
@@ -39,6 +39,7 @@ from pruners.base import MatrixReport, Pruner, register
 from pruners.dpruner.domain import domain_importance
 from pruners.dpruner.general import Tensors, compute_general_importance
 from pruners.dpruner.options import DPrunerOptions
+from pruners.dpruner.reconstruct import reconstruct
 from pruners.dpruner.sharded import own_rows, sharded_domain_importance
 from pruners.dpruner.tensorfile import TensorFile
 from pruners.masks import select_mask
@@ -102,12 +103,19 @@ class DPruner(Pruner):
                                                 calib_keys=("nsamples", "seqlen"))
         if o.needs_domain:
             requests["domain"] = WindowRequest("domain", o.domain_calib["nsamples"], o.domain_calib["seqlen"])
+        if o.reconstruct != "none":  # the `calib` group's sizes, as SparseGPT with calib=<source>
+            keys = ("nsamples", "seqlen", "mix") if o.reconstruct == "mixed" else ("nsamples", "seqlen")
+            requests["reconstruct"] = WindowRequest(
+                o.reconstruct, as_int("calib.nsamples", calib["nsamples"]),
+                as_int("calib.seqlen", calib["seqlen"]), as_float("calib.mix", calib.get("mix", 0.5)),
+                calib_keys=keys)
         return requests
 
     def prune_model(self, model: nn.Module, calibration: Calibration,
-              device: torch.device) -> list[MatrixReport]:
+                    device: torch.device) -> list[MatrixReport]:
         o = self.options
-        for slot, needed in (("general", o.needs_general), ("domain", o.needs_domain)):
+        for slot, needed in (("general", o.needs_general), ("domain", o.needs_domain),
+                             ("reconstruct", o.reconstruct != "none")):
             if needed and getattr(calibration, slot) is None:
                 raise ConfigError(f"D-Pruner needs {slot} calibration windows (calibration.{slot})")
         store = torch.device("cpu") if o.buffers_on_cpu else device
@@ -137,8 +145,11 @@ class DPruner(Pruner):
                 log.info("D-Pruner regulariser / gradient (mean over matrices): %.3g", ratio)
             del G
             clock.mark("domain")
-            reports = self.apply_masks(model, scores, dense)
-        clock.mark("mask")
+            if o.reconstruct == "none":
+                reports = self.apply_masks(model, scores, dense)
+            else:
+                reports = self.reconstruct(model, scores, dense, calibration.reconstruct, device)
+        clock.mark("mask" if o.reconstruct == "none" else "reconstruct")
         self.stages = clock.stages
         for report in reports:
             report.notes.update(general_notes.get(report.name, {}))
@@ -147,17 +158,30 @@ class DPruner(Pruner):
             model.to("cpu")
         return reports
 
+    def keep_mask(self, name: str, scores: Tensors) -> torch.Tensor:
+        """The top (1 - sparsity) of a matrix's score (within column blocks with `blocking`)."""
+        group = "block" if self.options.blocking else "matrix"
+        return select_mask(scores[name], self.sparsity_of(name), self.pattern, group, self.options.block_size)
+
+    @torch.no_grad()
+    def reconstruct(self, model: nn.Module, scores: Tensors, dense: Tensors | None, ids: torch.Tensor,
+                    device: torch.device) -> list[MatrixReport]:
+        """The masks with the kept weights compensated (reconstruct.py), from the dense weights."""
+        if dense is not None:  # the trajectory moved the weights: back to the originals first
+            for name, linear in model_linears(model).items():
+                linear.weight.data.copy_(dense[name].to(linear.weight.device))
+        return reconstruct(model, ids, lambda name, weight: self.keep_mask(name, scores),
+                           self.options.percdamp, self.driver, device)
+
     @torch.no_grad()
     def apply_masks(self, model: nn.Module, scores: Tensors, dense: Tensors | None) -> list[MatrixReport]:
         """Keep the top (1 - sparsity) of each score matrix; kept weights are the original ones."""
-        group = "block" if self.options.blocking else "matrix"
         reports = []
         for name, linear in tqdm(model_linears(model).items(), desc="dpruner mask", unit="matrix",
                                  disable=not self.driver.progress):
             start = time.perf_counter()
             weight = linear.weight.data
-            keep = select_mask(scores[name], self.sparsity_of(name), self.pattern, group,
-                               self.options.block_size)
+            keep = self.keep_mask(name, scores)
             original = weight if dense is None else dense[name].to(weight.device)
             weight.copy_(torch.where(keep.to(weight.device), original, torch.zeros((), dtype=weight.dtype)))
             reports.append(MatrixReport.since(start, name, weight))
