@@ -115,6 +115,22 @@ def test_seeds_preset_draws_three_calibration_samples_per_method() -> None:
     assert {c.config["sparsity"] for c in cells} == {0.5}
 
 
+def test_high_sparsity_preset_cells() -> None:
+    """60 distinct cells (3 sparsities x 2 allocations x 2 domains x 5 series), of which the 8 at
+    50 % uniform with general or mixed calibration are leaderboard_cpu's own cells."""
+    import run
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cells = [run.validate(compose(config_name="config", overrides=job)) for job in expand("high_sparsity")]
+        shared = {run.validate(compose(config_name="config", overrides=job)).key
+                  for job in expand("leaderboard_cpu")}
+    assert len(cells) == len({c.key for c in cells}) == 60
+    assert len({c.key for c in cells} & shared) == 8
+    assert {c.pruner.allocation.kind for c in cells} == {"uniform", "owl"}
+    rebuilt = [c for c in cells if c.pruner.name == "dpruner" and c.pruner.options.reconstruct == "mixed"]
+    assert len(rebuilt) == 12 and all(c.requests["reconstruct"].source == "mixed" for c in rebuilt)
+
+
 def test_sparsity_sweep_jobs() -> None:
     jobs = expand("sparsity_sweep")
     assert len(jobs) == 4 * 2 * 8 + 2
