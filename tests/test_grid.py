@@ -121,7 +121,8 @@ def test_high_sparsity_preset_cells() -> None:
     import run
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cells = [run.validate(compose(config_name="config", overrides=job)) for job in expand("high_sparsity")]
+        cells = [run.validate(compose(config_name="config", overrides=job))
+                 for job in expand("high_sparsity")]
         shared = {run.validate(compose(config_name="config", overrides=job)).key
                   for job in expand("leaderboard_cpu")}
     assert len(cells) == len({c.key for c in cells}) == 60

@@ -19,7 +19,7 @@ import torch
 
 from bench import leaderboard
 from bench.leaderboard import plots
-from bench.leaderboard.__main__ import domain_plots, entries, main
+from bench.leaderboard.__main__ import allocations, domain_plots, entries, main
 from bench.results.mask_files import jaccard, load_masks, save_masks
 from bench.results.records import save_record
 from bench.results.tracking import PER_MATRIX, per_matrix_rows
@@ -211,6 +211,12 @@ UNUSABLE = {
                 "metrics_ci legal/multilegalpile/ppl is [31.0, 29.0], not [low, high]"),
     "ci-text": (lambda r: r.update(metrics_ci={"legal/multilegalpile/ppl": "29-31"}),
                 "metrics_ci legal/multilegalpile/ppl is '29-31', not [low, high]"),
+    "allocation-kind": (lambda r: r.update(allocation={"kind": "owl"}),
+                        "allocation 'owl' is not uniform or owl, or not the cell's"),
+    "allocation-lists": (lambda r: (r["cell"].update(allocation="owl"),
+                                    r.update(allocation={"kind": "owl", "outlier_ratios": [0.1, 0.2],
+                                                         "sparsities": [0.5]})),
+                         "allocation owl lacks outlier_ratios / sparsities: numbers, one per layer"),
     "evidence-kind": (lambda r: r.update(evidence={"legal/casehold": {"kind": "vote"}}),
                       "evidence legal/casehold is not per-item arrays of a known kind"),
     "evidence-lengths": (lambda r: r.update(evidence={"legal/casehold": {
@@ -392,3 +398,33 @@ def test_wandb_per_matrix_sparsity_from_the_summary() -> None:
     assert PER_MATRIX[:2] == ("name", "sparsity")
     assert per_matrix_rows(v2) == [["layers.0.q", 0.5, 0.1, 0.5, 9.0]]
     assert per_matrix_rows(v1) == [["layers.0.q", 0.25, 0.1, 0.5, 9.0]]
+
+
+def test_owl_and_reconstruction_rows_and_the_layer_plot(tmp_path: Path) -> None:
+    """OWL cells get a row of their own beside the uniform one (`· owl`), reconstruction is a
+    variant of D-Pruner's row, and the OWL allocation is drawn per layer, once per target."""
+    SHARES = [0.78, 0.7, 0.62]  # noqa: N806
+
+    def owl(record: dict, sparsities: list[float]) -> dict:
+        record["cell"]["allocation"] = record["config"]["allocation"] = "owl"
+        record["allocation"] = {"kind": "owl", "threshold": 5.0, "lambda_": 0.08,
+                                "outlier_ratios": [0.01, 0.02, 0.03], "sparsities": sparsities}
+        return record
+
+    records = [make_record("dense", "dense", "legal", 0.0, legal(10.0, None, 20.0), calib=None),
+               make_record("wanda", "wanda", "legal", 0.7, legal(90.0, None, 95.0)),
+               owl(make_record("wanda-owl", "wanda", "legal", 0.7, legal(70.0, None, 80.0)), SHARES),
+               owl(make_record("sgpt-owl", "sparsegpt", "legal", 0.7, legal(50.0, None, 60.0)), SHARES),
+               make_record("dp", "dpruner", "legal", 0.7, legal(60.0, None, 70.0)),
+               make_record("dp-rec", "dpruner", "legal", 0.7, legal(40.0, None, 50.0), reconstruct="mixed")]
+    cells = leaderboard.label_cells(leaderboard.to_cell(tmp_path / f"{r['key']}.json", r) for r in records)
+    assert sorted(c.label for c in cells) == ["dense", "dpruner (reconstruct=None)",
+                                              "dpruner (reconstruct=mixed)", "sparsegpt · owl", "wanda",
+                                              "wanda · owl"]
+    (suite,) = leaderboard.build(cells)["legal"]
+    (block,) = [b for b in suite.blocks if "0.7" in b.title]
+    assert values(block, "wanda · owl")["legal/multilegalpile/ppl"] == 70.0
+    made = domain_plots(suite, tmp_path / "board")
+    assert "legal-tiny-smoke-owl_layer_sparsity.png" in [p.name for p in made]
+    (allocation,) = allocations(cells)  # the two OWL cells share their allocation: one line
+    assert allocation.sparsities == (0.78, 0.7, 0.62)

@@ -66,8 +66,8 @@ def test_dpruner_reconstruction_keeps_its_mask_and_lowers_every_error(tiny_dprun
     plain = copy.deepcopy(model)
     build("dpruner", **options).prune(plain, calibration, CPU)
     pruner = build("dpruner", **options, reconstruct="general")
-    assert set(pruner.calibration_requests({"source": "general", "nsamples": 4, "seqlen": 48, "mix": 0.5})) == {
-        "general", "domain", "reconstruct"}
+    calib = {"source": "general", "nsamples": 4, "seqlen": 48, "mix": 0.5}
+    assert set(pruner.calibration_requests(calib)) == {"general", "domain", "reconstruct"}
     reports = pruner.prune(model, Calibration(general=calibration.general, domain=calibration.domain,
                                               reconstruct=calibration.general), CPU)
     linears, plain_linears = model_linears(model), model_linears(plain)

@@ -52,14 +52,28 @@ def entries(cells: Iterable[Cell]) -> list[plots.Entry]:
     return out
 
 
+def allocations(cells: Iterable[Cell]) -> list[plots.LayerAllocation]:
+    """The distinct OWL allocations among the cells (records before OWL have none)."""
+    found: dict[tuple, plots.LayerAllocation] = {}
+    for c in cells:
+        block = c.record.get("allocation") or {}
+        if block.get("kind") != "owl":
+            continue
+        label = f"{c.sparsity:g} · calib={c.calib}" + (f" · seed {c.seed}" if c.seed else "")
+        found.setdefault((c.sparsity, c.calib, c.seed), plots.LayerAllocation(
+            label, tuple(block["outlier_ratios"]), tuple(block["sparsities"])))
+    return [found[k] for k in sorted(found, key=repr)]
+
+
 def domain_plots(suite: Suite, out: Path) -> list[Path]:
     """(a) and (b) for one suite; the ablation variants get a trade-off figure of their own,
-    so that they neither crowd the methods' figure nor go unseen."""
+    so that they neither crowd the methods' figure nor go unseen; (d) where OWL cells exist."""
     items = entries(suite.cells)
     methods, ablations = plots.split_series(items)
     base, domain, title = out / suite.slug, suite.domain, suite.title
     made = [plots.ppl_vs_sparsity(items, domain, title, Path(f"{base}-ppl_vs_sparsity.png")),
-            plots.general_vs_domain(methods, domain, title, Path(f"{base}-general_vs_domain.png"))]
+            plots.general_vs_domain(methods, domain, title, Path(f"{base}-general_vs_domain.png")),
+            plots.layer_sparsity(allocations(suite.cells), title, Path(f"{base}-owl_layer_sparsity.png"))]
     if ablations:
         made.append(plots.general_vs_domain(ablations, domain, f"{title} · ablations",
                                             Path(f"{base}-ablations_general_vs_domain.png")))

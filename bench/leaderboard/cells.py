@@ -150,6 +150,18 @@ def _check_evidence(evidence: Mapping[str, Any]) -> None:
             raise UnusableRecord(f"evidence {source} n_choices is {reprlib.repr(choices)}, not a count")
 
 
+def _check_allocation(block: Mapping[str, Any], cell: Mapping[str, Any]) -> None:
+    """uniform, or owl with one outlier ratio and one sparsity per layer (drawn in a plot)."""
+    kind = block.get("kind", "uniform")
+    if kind != cell.get("allocation", "uniform") or kind not in ("uniform", "owl"):
+        raise UnusableRecord(f"allocation {reprlib.repr(kind)} is not uniform or owl, or not the cell's")
+    if kind == "owl":
+        lists = [block.get(name) for name in ("outlier_ratios", "sparsities")]
+        if not all(isinstance(v, list) and v and all(map(finite, v)) for v in lists) or \
+                len(lists[0]) != len(lists[1]):
+            raise UnusableRecord("allocation owl lacks outlier_ratios / sparsities: numbers, one per layer")
+
+
 def check_record(record: dict[str, Any]) -> None:
     """Raise UnusableRecord naming the first value the leaderboard cannot use, so that one odd
     record is skipped by name instead of stopping (or silently skewing) the whole leaderboard;
@@ -164,6 +176,7 @@ def check_record(record: dict[str, Any]) -> None:
     _check_metrics(_mapping(record, "metrics"))
     _check_intervals(_mapping(record, "metrics_ci", optional=True))
     _check_evidence(_mapping(record, "evidence", optional=True))
+    _check_allocation(_mapping(record, "allocation", optional=True), record["cell"])
     _mapping(record, "config", optional=True)
     seconds = _mapping(record, "prune", optional=True).get("seconds")
     if seconds is not None and not finite(seconds):

@@ -1,7 +1,8 @@
 """Leaderboard plots (PNG, matplotlib's Agg backend so they render on headless machines):
 (a) domain perplexity vs sparsity per method, (b) general vs domain perplexity per method (the
 generality/specificity trade-off), drawn for the methods and, apart, for the ablation variants,
-(c) Jaccard similarity of kept weights between cells. Where records carry 95 % intervals they are
+(c) Jaccard similarity of kept weights between cells, (d) OWL's outlier ratio and sparsity per
+layer. Where records carry 95 % intervals they are
 drawn as error bars (the dense reference: a band). Legends sit outside the axes, where they
 cannot hide points."""
 
@@ -217,4 +218,32 @@ def mask_similarity(labels: Sequence[str], masks: Sequence[Path], title: str, pa
                     color="black" if matrix[i, j] > 0.6 else "white")
     fig.colorbar(image, ax=ax, label="Jaccard of kept weights")
     ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class LayerAllocation:
+    """One OWL allocation: the outlier ratio and the sparsity of every decoder layer."""
+
+    label: str  # what the line stands for: target sparsity and calibration source
+    ratios: tuple[float, ...]
+    sparsities: tuple[float, ...]
+
+
+def layer_sparsity(allocations: Sequence[LayerAllocation], title: str, path: Path) -> Path | None:
+    """(d) OWL: each layer's outlier ratio (left) and the sparsity it was given (right), a line per
+    target sparsity and calibration source (methods that share both share the allocation)."""
+    if not allocations:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for a in allocations:
+        layers = range(len(a.ratios))
+        left.plot(layers, [100 * r for r in a.ratios], marker=".", label=a.label)
+        right.plot(layers, a.sparsities, marker=".", label=a.label)
+    left.set(xlabel="decoder layer", ylabel="outlier ratio (%)", title="Wanda-score outliers per layer")
+    right.set(xlabel="decoder layer", ylabel="sparsity", title="OWL sparsity per layer")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    _legend_outside([left, right])
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)
