@@ -20,7 +20,7 @@ from core import distributed
 from core.calibration import Calibration
 from core.errors import ConfigError
 from core.structure import model_linears
-from pruners import DriverSettings, build
+from pruners import Allocation, DriverSettings, build
 from pruners.dpruner.domain import domain_importance
 from pruners.dpruner.general import compute_general_importance
 from pruners.dpruner.options import DPrunerOptions
@@ -43,12 +43,12 @@ def masks(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: linear.weight != 0 for name, linear in model_linears(model).items()}
 
 
-def layerwise(method: str) -> dict[str, torch.Tensor]:
+def layerwise(method: str, allocation: Allocation | None = None) -> dict[str, torch.Tensor]:
     """A method's masks on the tiny LLaMA (its share of the windows on each rank)."""
     model = tiny_model("llama")
-    build(method, sparsity=0.5, driver={"progress": False, "batch_size": 2}).prune(
-        model, Calibration(ids=windows(8, 24, 0)), CPU)
-    return masks(model)
+    pruner = build(method, sparsity=0.5, driver={"progress": False, "batch_size": 2}, allocation=allocation)
+    pruner.prune(model, Calibration(ids=windows(8, 24, 0)), CPU)
+    return {**masks(model), "layer_sparsities": torch.tensor(pruner.layers.sparsities)}
 
 
 def general() -> dict[str, torch.Tensor]:
@@ -70,6 +70,7 @@ def domain(update_weights: bool) -> dict[str, torch.Tensor]:
 
 
 TASKS = {"wanda": lambda: layerwise("wanda"), "sparsegpt": lambda: layerwise("sparsegpt"), "general": general,
+         "sparsegpt_owl": lambda: layerwise("sparsegpt", Allocation("owl", threshold=2.0, lambda_=0.1)),
          "domain_frozen": lambda: domain(False), "domain_trajectory": lambda: domain(True)}
 
 
@@ -104,7 +105,7 @@ def agreement(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "sparsegpt_owl"])
 def test_all_reduced_statistics_give_the_single_process_masks(method: str, tmp_path: Path) -> None:
     assert agreement(on_two_ranks(method, tmp_path), TASKS[method]()) == 1.0
 
