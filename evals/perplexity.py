@@ -6,6 +6,7 @@ stride == window one token per window goes unscored), plus bits per byte of the 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from core.checks import as_int
+from core.data import text_spec
 from core.errors import ConfigError
 
 
@@ -128,3 +131,38 @@ def strided_perplexity(model: nn.Module, tokenizer: Any, texts: list[str], windo
         ppl=math.exp(mean), nll=mean, bpb=total_nll / math.log(2) / max(total_bytes, 1),
         tokens=total_tokens, windows=len(plans), window=window, stride=stride, per_window=per_window,
     )
+
+
+@dataclass(frozen=True)
+class PerplexitySettings:
+    window: int
+    stride: int
+    max_windows: int | None
+    batch_size: int
+
+
+def perplexity_settings(cfg: Mapping[str, Any], context: int | None = None) -> PerplexitySettings:
+    """Typed `eval.perplexity`: window >= 2 and within the model's `context` (when known),
+    0 < stride <= window, max_windows null or >= 1, batch_size >= 1."""
+    window = as_int("eval.perplexity.window", cfg.get("window"), 2)
+    if context is not None and window > context:
+        raise ConfigError(f"eval.perplexity.window={window} exceeds the model's context of {context} "
+                          f"positions; use a window <= {context}")
+    stride = as_int("eval.perplexity.stride", cfg.get("stride"), 1)
+    if stride > window:
+        raise ConfigError(f"eval.perplexity.stride={stride} must be <= window ({window})")
+    max_windows = cfg.get("max_windows")
+    return PerplexitySettings(
+        window=window, stride=stride,
+        max_windows=None if max_windows is None else as_int("eval.perplexity.max_windows", max_windows, 1),
+        batch_size=as_int("eval.perplexity.batch_size", cfg.get("batch_size", 1), 1))
+
+
+def perplexity_sources(domain: Mapping[str, Any], general: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """`<scope>/<name>` -> text spec (a plain path or a mapping, normalised), for the domain's and
+    the general perplexity texts."""
+    sources = {f"{domain['name']}/{name}": text_spec(spec, f"domain.perplexity.{name}")
+               for name, spec in (domain.get("perplexity") or {}).items()}
+    sources.update({f"general/{name}": text_spec(spec, f"data.general.perplexity.{name}")
+                    for name, spec in (general.get("perplexity") or {}).items()})
+    return sources

@@ -15,11 +15,9 @@ from typing import Any
 
 from torch import nn
 
-from core.checks import as_int
-from core.data import data_path, load_texts, text_spec
-from core.errors import ConfigError
+from core.data import data_path, load_texts
 from evals.lm_tasks import check_tasks, evaluate_domain_tasks, task_settings
-from evals.perplexity import strided_perplexity
+from evals.perplexity import perplexity_settings, perplexity_sources, strided_perplexity
 
 
 @dataclass
@@ -31,31 +29,6 @@ class EvalResult:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class PerplexitySettings:
-    window: int
-    stride: int
-    max_windows: int | None
-    batch_size: int
-
-
-def perplexity_settings(cfg: Mapping[str, Any], context: int | None = None) -> PerplexitySettings:
-    """Typed `eval.perplexity`: window >= 2 and within the model's `context` (when known),
-    0 < stride <= window, max_windows null or >= 1, batch_size >= 1."""
-    window = as_int("eval.perplexity.window", cfg.get("window"), 2)
-    if context is not None and window > context:
-        raise ConfigError(f"eval.perplexity.window={window} exceeds the model's context of {context} "
-                          f"positions; use a window <= {context}")
-    stride = as_int("eval.perplexity.stride", cfg.get("stride"), 1)
-    if stride > window:
-        raise ConfigError(f"eval.perplexity.stride={stride} must be <= window ({window})")
-    max_windows = cfg.get("max_windows")
-    return PerplexitySettings(
-        window=window, stride=stride,
-        max_windows=None if max_windows is None else as_int("eval.perplexity.max_windows", max_windows, 1),
-        batch_size=as_int("eval.perplexity.batch_size", cfg.get("batch_size", 1), 1))
-
-
 def check_eval_settings(eval_cfg: Mapping[str, Any], context: int | None,
                         domain: Mapping[str, Any] | None = None) -> None:
     """Every `eval` setting typed and in range before the model loads (`context`: the model's
@@ -63,16 +36,6 @@ def check_eval_settings(eval_cfg: Mapping[str, Any], context: int | None,
     `domain` config, its tasks (a user task's limit lives under its own name)."""
     perplexity_settings(eval_cfg.get("perplexity") or {}, context)
     task_settings(eval_cfg.get("tasks") or {}, ((domain or {}).get("tasks") or {}).keys())
-
-
-def perplexity_sources(domain: Mapping[str, Any], general: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """`<scope>/<name>` -> text spec (a plain path or a mapping, normalised), for the domain's and
-    the general perplexity texts."""
-    sources = {f"{domain['name']}/{name}": text_spec(spec, f"domain.perplexity.{name}")
-               for name, spec in (domain.get("perplexity") or {}).items()}
-    sources.update({f"general/{name}": text_spec(spec, f"data.general.perplexity.{name}")
-                    for name, spec in (general.get("perplexity") or {}).items()})
-    return sources
 
 
 def check_eval_inputs(domain: Mapping[str, Any], general: Mapping[str, Any], root: Path) -> list[Path]:

@@ -16,8 +16,8 @@ from core.data import PROJECT_ROOT, resolve_data_root
 from core.errors import ConfigError
 from core.models import load_model
 from evals.lm_tasks import TASKS_DIR, check_tasks, evaluate_domain_tasks, lm_eval_spec, task_sources
-from evals.perplexity import strided_perplexity
-from evals.suite import check_eval_inputs, check_eval_settings, perplexity_settings
+from evals.perplexity import perplexity_settings, strided_perplexity
+from evals.suite import check_eval_inputs, check_eval_settings
 from evals.tasks.kinds import NLI_LABELS
 from evals.tasks.readers import read_task
 

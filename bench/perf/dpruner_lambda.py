@@ -60,8 +60,7 @@ def run(model_name: str, domain: str, cells: list[str], out: Path, overrides: li
     from bench.perf.cell import build_pruner, calibration, compose_config
     from core.data import load_texts, resolve_data_root
     from core.models import load_model, resolve_device
-    from evals.perplexity import strided_perplexity
-    from evals.suite import perplexity_sources
+    from evals.perplexity import perplexity_sources, strided_perplexity
 
     cfg = compose_config([f"model={model_name}", f"domain={domain}", "pruner=dpruner",
                           "driver.progress=false", *overrides])
