@@ -100,6 +100,11 @@ def start(world: World, device: torch.device) -> str | None:
             raise ConfigError(f"{world.size} processes but {key} is not set; launch with torchrun, "
                               "or export MASTER_ADDR and MASTER_PORT in the SLURM job script")
     if device.type == "cuda":
+        visible = torch.cuda.device_count()
+        if world.local_rank >= visible:  # NCCL needs a GPU of its own per process
+            raise ConfigError(f"process {world.rank} is local rank {world.local_rank} but this node has "
+                              f"{visible} visible GPU(s); start at most {visible} processes per node "
+                              "(--nproc_per_node / tasks_per_node), or use model.device=cpu (gloo)")
         torch.cuda.set_device(world.local_rank)
     backend = backend_for(device)
     dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=TIMEOUT)

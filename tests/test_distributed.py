@@ -155,6 +155,15 @@ def test_launcher_variables() -> None:
     assert [distributed.World(r, 3).share(8) for r in range(3)] == [slice(0, 2), slice(2, 5), slice(5, 8)]
 
 
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ranks on a one-GPU node: refused before any CUDA call (NCCL needs a GPU per rank)."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with pytest.raises(ConfigError, match="1 visible GPU"):
+        distributed.start(distributed.World(1, 2, 1), torch.device("cuda"))
+
+
 DIE_ON_RANK_1 = """
 import os, runpy, sys
 sys.path.insert(0, os.getcwd())
