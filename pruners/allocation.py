@@ -72,8 +72,8 @@ class Allocation:
                               "layer's sparsity at 1 - N/M)")
         if sparsity - self.lambda_ < 0 or sparsity + self.lambda_ >= 1:
             raise ConfigError(f"owl.lambda_={self.lambda_} puts layer sparsities outside [0, 1) at "
-                              f"sparsity={sparsity}; use owl.lambda_ <= {min(sparsity, 1 - sparsity):.3g} "
-                              "(below it for the upper end)")
+                              f"sparsity={sparsity}; the band needs lambda_ <= sparsity and "
+                              "sparsity + lambda_ < 1")
 
 
 def outlier_ratio(scores: Sequence[torch.Tensor], threshold: float) -> float:
