@@ -57,7 +57,7 @@ from bench.results.mask_files import save_masks  # noqa: E402
 from bench.results.records import finished, new_record, save_record  # noqa: E402
 from bench.results.tracking import log_record  # noqa: E402
 from core import distributed as processes  # noqa: E402  (a `distributed` global breaks submitit)
-from core.calibration import build_calibration  # noqa: E402
+from core.calibration import build_calibration, calibration_source  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.files import remove_stale_partials  # noqa: E402
 from core.memory import peak_memory_mb  # noqa: E402
@@ -97,7 +97,7 @@ def run_cell(cfg: DictConfig, cell: Cell, world: processes.World) -> Path | None
 
     record = new_record(
         cell.key, cell.config, pruner=cell.pruner.name,
-        calib_source=cell.requests["ids"].source if "ids" in cell.requests else None,
+        calib_source=calibration_source(cell.requests),
         evaluation=evaluation, sparsity=sparsity_summary(model), prune_seconds=prune_seconds,
         prune_stages=cell.pruner.stages, matrices=[r.as_dict() for r in reports],
         memory={"peak_rss_mb": peak_memory_mb(),

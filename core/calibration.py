@@ -111,6 +111,15 @@ def check_context(requests: Mapping[str, WindowRequest], context: int | None) ->
                               f"of {context} tokens; use at most {context}")
 
 
+def calibration_source(requests: Mapping[str, WindowRequest]) -> str | None:
+    """The source of the `calib` group's windows the cell reads (`ids`, else D-Pruner's
+    `reconstruct`): the leaderboard's calibration axis; None when it reads none of them."""
+    for slot in ("ids", "reconstruct"):
+        if slot in requests:
+            return requests[slot].source
+    return None
+
+
 def calibration_settings(requests: Mapping[str, WindowRequest],
                          calib: Mapping[str, Any]) -> dict[str, Any] | None:
     """The `calib.*` values the cell depends on (None: it reads no calibration at all)."""

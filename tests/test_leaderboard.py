@@ -418,9 +418,8 @@ def test_owl_and_reconstruction_rows_and_the_layer_plot(tmp_path: Path) -> None:
                make_record("dp", "dpruner", "legal", 0.7, legal(60.0, None, 70.0)),
                make_record("dp-rec", "dpruner", "legal", 0.7, legal(40.0, None, 50.0), reconstruct="mixed")]
     cells = leaderboard.label_cells(leaderboard.to_cell(tmp_path / f"{r['key']}.json", r) for r in records)
-    assert sorted(c.label for c in cells) == ["dense", "dpruner (reconstruct=None)",
-                                              "dpruner (reconstruct=mixed)", "sparsegpt · owl", "wanda",
-                                              "wanda · owl"]
+    assert sorted(c.label for c in cells) == ["dense", "dpruner", "dpruner · reconstruct=mixed",
+                                              "sparsegpt · owl", "wanda", "wanda · owl"]
     (suite,) = leaderboard.build(cells)["legal"]
     (block,) = [b for b in suite.blocks if "0.7" in b.title]
     assert values(block, "wanda · owl")["legal/multilegalpile/ppl"] == 70.0

@@ -77,3 +77,14 @@ def test_dpruner_reconstruction_keeps_its_mask_and_lowers_every_error(tiny_dprun
         assert not torch.equal(weight, before)  # the kept weights moved
         assert report.notes["error_reconstructed"] < report.notes["error_masked"]
     assert "reconstruct" in pruner.stages
+
+
+def test_reconstruction_windows_set_the_cells_calibration_axis() -> None:
+    """D-Pruner with `reconstruct=mixed` reads the calib group's mixed windows, so its record sits
+    beside SparseGPT with calib=mixed; plain D-Pruner reads none of the group's windows."""
+    from core.calibration import calibration_source
+
+    calib = {"source": "mixed", "nsamples": 4, "seqlen": 48, "mix": 0.5}
+    assert calibration_source(build("dpruner", reconstruct="mixed").calibration_requests(calib)) == "mixed"
+    assert calibration_source(build("dpruner").calibration_requests(calib)) is None
+    assert calibration_source(build("sparsegpt").calibration_requests(calib)) == "mixed"

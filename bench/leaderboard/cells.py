@@ -70,6 +70,11 @@ class Cell:
         return self.record["cell"].get("allocation", "uniform")
 
     @property
+    def reconstruct(self) -> str:
+        """D-Pruner's weight reconstruction (`pruner.reconstruct`; none before it existed)."""
+        return (self.record.get("config") or {}).get("pruner", {}).get("reconstruct", "none")
+
+    @property
     def seed(self) -> int | None:
         return self.record["cell"].get("seed", self.record.get("config", {}).get("seed"))
 

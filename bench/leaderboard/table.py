@@ -81,18 +81,19 @@ def _replicates(cells: Sequence[Cell]) -> list[list[Cell]]:
 
 def label_cells(cells: Iterable[Cell]) -> list[Cell]:
     """Row labels: the method, `· calib=<x>` when not general, `· owl` for OWL's layer-wise
-    sparsity, `(differing config)` for
+    sparsity, `· reconstruct=<x>` for D-Pruner with reconstruction, `(differing config)` for
     several cells that would otherwise share one row; cells that differ only by seed share
     their label (and so their row, see seeds.group_cells)."""
     rows: dict[tuple, list[Cell]] = defaultdict(list)
     for c in cells:
-        rows[(c.suite, c.domain, c.setting, c.method, c.allocation)].append(c)
+        rows[(c.suite, c.domain, c.setting, c.method, c.allocation, c.reconstruct)].append(c)
     labelled = []
     for group in rows.values():
         replicates = _replicates(group)
         for run, variant in zip(replicates, _variants([run[0] for run in replicates]), strict=True):
             label = run[0].method + (f" · calib={run[0].calib}" if run[0].calib != "general" else "")
             label += f" · {run[0].allocation}" if run[0].allocation != "uniform" else ""
+            label += f" · reconstruct={run[0].reconstruct}" if run[0].reconstruct != "none" else ""
             label += f" ({variant})" if variant else ""
             labelled += [replace(c, label=label, variant=variant) for c in run]
     return labelled
