@@ -167,9 +167,8 @@ def allocate(model: nn.Module, ids: torch.Tensor | None, allocation: Allocation,
     if ids is None:
         raise ConfigError("allocation=owl needs calibration windows (calibration.ids)")
     start = time.perf_counter()
-    method = OutlierRatios(allocation.threshold)
-    settings = DriverSettings(**{**driver.__dict__, "propagate": "dense"})
-    run_layerwise(model, ids, method, settings, device, label="owl ratios")
+    method = OutlierRatios(allocation.threshold)  # changes no weight: every layer sees dense inputs
+    run_layerwise(model, ids, method, driver, device, label="owl ratios")
     result.ratios = method.ratios
     result.sparsities = owl_sparsities(method.ratios, target, allocation.lambda_, method.sizes)
     result.seconds = time.perf_counter() - start

@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from core.calibration import Calibration, WindowRequest
-from core.checks import as_float, as_int
+from core.checks import as_int
 from core.distributed import World, current, world_from_env
 from core.errors import ConfigError
 from core.files import scratch_folder
@@ -105,10 +106,8 @@ class DPruner(Pruner):
             requests["domain"] = WindowRequest("domain", o.domain_calib["nsamples"], o.domain_calib["seqlen"])
         if o.reconstruct != "none":  # the `calib` group's sizes, as SparseGPT with calib=<source>
             keys = ("nsamples", "seqlen", "mix") if o.reconstruct == "mixed" else ("nsamples", "seqlen")
-            requests["reconstruct"] = WindowRequest(
-                o.reconstruct, as_int("calib.nsamples", calib["nsamples"]),
-                as_int("calib.seqlen", calib["seqlen"]), as_float("calib.mix", calib.get("mix", 0.5)),
-                calib_keys=keys)
+            requests["reconstruct"] = replace(WindowRequest.from_calib(calib), source=o.reconstruct,
+                                              calib_keys=keys)
         return requests
 
     def prune_model(self, model: nn.Module, calibration: Calibration,
@@ -170,8 +169,8 @@ class DPruner(Pruner):
         if dense is not None:  # the trajectory moved the weights: back to the originals first
             for name, linear in model_linears(model).items():
                 linear.weight.data.copy_(dense[name].to(linear.weight.device))
-        return reconstruct(model, ids, lambda name, weight: self.keep_mask(name, scores),
-                           self.options.percdamp, self.driver, device)
+        return reconstruct(model, ids, lambda name: self.keep_mask(name, scores), self.options.percdamp,
+                           self.driver, device)
 
     @torch.no_grad()
     def apply_masks(self, model: nn.Module, scores: Tensors, dense: Tensors | None) -> list[MatrixReport]:

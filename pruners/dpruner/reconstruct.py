@@ -23,7 +23,7 @@ from pruners.hessian import Hessian
 from pruners.settings import DriverSettings, MatrixReport
 from pruners.sparsegpt import sparsegpt_prune
 
-KeepOf = Callable[[str, torch.Tensor], torch.Tensor]  # (matrix name, weight) -> bool keep-mask
+KeepOf = Callable[[str], torch.Tensor]  # matrix name -> its bool keep-mask
 
 
 def output_error(weight: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor) -> float:
@@ -34,7 +34,7 @@ def output_error(weight: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor)
 
 
 class FixedMaskUpdate:
-    """Driver method: each matrix keeps exactly `keep_of(name, weight)`; the kept weights get
+    """Driver method: each matrix keeps exactly `keep_of(name)`; the kept weights get
     SparseGPT's OBS compensation."""
 
     def __init__(self, keep_of: KeepOf, percdamp: float) -> None:
@@ -45,7 +45,7 @@ class FixedMaskUpdate:
         return Hessian(columns, device)
 
     def prune_matrix(self, name: str, weight: torch.Tensor, stats: Hessian) -> tuple[torch.Tensor, dict]:
-        keep = self.keep_of(name, weight).to(weight.device)
+        keep = self.keep_of(name).to(weight.device)
         H = stats.matrix()
         new, notes = sparsegpt_prune(weight, H, 0.0, percdamp=self.percdamp, mask=keep)
         notes["error_masked"] = output_error(weight, weight.float() * keep, H)
