@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Mapping
@@ -29,6 +30,14 @@ LAUNCHER_VARIABLES = (("RANK", "WORLD_SIZE", "LOCAL_RANK"), ("SLURM_PROCID", "SL
 TIMEOUT = timedelta(minutes=30)  # a collective waiting longer than this fails the cell
 # how gloo and NCCL word a collective whose peer died (they raise a plain RuntimeError)
 PEER_FAILURE = ("closed by peer", "connection reset", "remote worker", "nccl", "timed out", "timeout")
+
+
+class LauncherStop(RuntimeError):
+    """The launcher stopped this process: torchrun terminates the surviving ranks when one fails."""
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise LauncherStop("the launcher stopped this process (SIGTERM)")
 
 
 @dataclass(frozen=True)
@@ -108,12 +117,14 @@ def start(world: World, device: torch.device) -> str | None:
         torch.cuda.set_device(world.local_rank)
     backend = backend_for(device)
     dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=TIMEOUT)
+    # when a peer dies, torchrun may terminate this rank before its own collective fails
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     return backend
 
 
 def peer_failed(err: BaseException) -> bool:
     """Whether `err` is a collective that failed because another process died or hung."""
-    if isinstance(err, dist.DistError):
+    if isinstance(err, (dist.DistError, LauncherStop)):
         return True
     text = str(err).lower()
     return isinstance(err, RuntimeError) and dist.is_initialized() and any(m in text for m in PEER_FAILURE)

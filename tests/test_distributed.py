@@ -165,13 +165,14 @@ def test_more_processes_than_gpus_is_one_clear_error(monkeypatch: pytest.MonkeyP
 
 
 DIE_ON_RANK_1 = """
-import os, runpy, sys
+import os, runpy, sys, time
 sys.path.insert(0, os.getcwd())
 import pruners.driver as driver
 real = driver.broadcast_
 def broadcast_(tensor, src=0):
     if os.environ["RANK"] == "1":
         os._exit(3)
+    time.sleep(float(os.environ["RANK_0_DELAY"]))
     return real(tensor, src)
 driver.broadcast_ = broadcast_
 sys.argv = ["run.py", *sys.argv[1:]]
@@ -180,11 +181,14 @@ runpy.run_path("run.py", run_name="__main__")
 
 
 @pytest.mark.slow
-def test_a_dead_rank_fails_the_cell_on_rank_0_with_one_line(tmp_path: Path) -> None:
-    """Rank 1 dies in the middle of pruning: rank 0's next collective fails, one line, no record."""
+@pytest.mark.parametrize("rank_0_delay", [0, 60])
+def test_a_dead_rank_fails_the_cell_on_rank_0_with_one_line(tmp_path: Path, rank_0_delay: int) -> None:
+    """Rank 1 dies in the middle of pruning: one line on rank 0, no record. Without a delay rank 0's
+    collective usually fails first; with one, torchrun terminates rank 0 (SIGTERM) before it."""
     script = tmp_path / "die.py"
     script.write_text(DIE_ON_RANK_1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "RANK_0_DELAY": str(rank_0_delay)}
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
             f"--master_port={free_port()}", str(script), "model=tiny-llama", "eval=smoke", "logger=none",
             "pruner=wanda",
