@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -189,6 +189,23 @@ def local_rows(full: torch.Tensor, world: World | None = None) -> torch.Tensor:
     world = world or current()
     chunk = -(-full.shape[0] // world.size)
     return full[world.rank * chunk : (world.rank + 1) * chunk]
+
+
+class OwnRows(Mapping[str, torch.Tensor]):
+    """This rank's rows of each matrix of `full`, cut when asked for (a file is read one matrix
+    at a time)."""
+
+    def __init__(self, full: Mapping[str, torch.Tensor]) -> None:
+        self.full = full
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return local_rows(self.full[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.full)
+
+    def __len__(self) -> int:
+        return len(self.full)
 
 
 def gather_rows(local: torch.Tensor, rows: int) -> torch.Tensor:

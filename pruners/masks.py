@@ -19,12 +19,19 @@ def prune_count(n: int, sparsity: float) -> int:
 
 
 def _keep_lowest_pruned(score: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean keep-mask along the last dim with the k lowest scores pruned (stable ties)."""
-    keep = torch.ones_like(score, dtype=torch.bool)
-    if k > 0:
-        order = torch.sort(score, dim=-1, stable=True).indices[..., :k]
-        keep.scatter_(-1, order, False)
-    return keep
+    """Boolean keep-mask along the last dim with the k lowest scores pruned; among scores equal to
+    the k-th lowest, the lowest indices go first, exactly as a stable ascending sort orders them.
+    A selection (kthvalue) instead of a sort: the same mask, several times faster per matrix."""
+    if k <= 0:
+        return torch.ones_like(score, dtype=torch.bool)
+    if k >= score.shape[-1]:
+        return torch.zeros_like(score, dtype=torch.bool)
+    kth = score.kthvalue(k, dim=-1, keepdim=True).values
+    nan, kth_nan = score.isnan(), kth.isnan()  # NaN sorts after every number, as in torch.sort
+    below = (score < kth) | (kth_nan & ~nan)
+    tied = (score == kth) | (kth_nan & nan)
+    ties_to_prune = k - below.sum(dim=-1, keepdim=True)
+    return ~(below | (tied & (tied.cumsum(dim=-1) <= ties_to_prune)))
 
 
 def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:

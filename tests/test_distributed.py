@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pruners.dpruner.domain import domain_importance
 from pruners.dpruner.general import compute_general_importance
 from pruners.dpruner.options import DPrunerOptions
 from pruners.dpruner.pruner import check_world
-from pruners.dpruner.sharded import own_rows, sharded_domain_importance
+from pruners.dpruner.sharded import sharded_domain_importance
 from pruners.masks import select_mask
 from tests.conftest import VOCAB, tiny_model
 
@@ -56,20 +57,40 @@ def general() -> dict[str, torch.Tensor]:
     return dict(compute_general_importance(model, ids, DPrunerOptions(), QUIET, CPU, CPU)[0])
 
 
+def general_rows() -> dict[str, torch.Tensor]:
+    """Each rank keeps only its rows of G (in memory, or cut from the file as it is read); the
+    gathered rows are the whole G."""
+    model, ids = tiny_model("llama"), windows(8, 24, 0)
+    rows = {name: linear.weight.shape[0] for name, linear in model_linears(model).items()}
+    gathered = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for scratch in (None, Path(folder)):
+            G, _ = compute_general_importance(model, ids, DPrunerOptions(), QUIET, CPU, CPU, scratch,
+                                              own_rows=True)
+            for name in G:
+                own = distributed.local_rows(torch.empty(rows[name])).shape[0]
+                assert G[name].shape[0] == own < rows[name]
+                where = "file" if scratch else "memory"
+                gathered[f"{name}@{where}"] = distributed.gather_rows(G[name], rows[name])
+    return gathered
+
+
 def domain(update_weights: bool) -> dict[str, torch.Tensor]:
     """D-Pruner's importance I: single process, or on FSDP (gathered) across the ranks."""
     options = DPrunerOptions(update_weights=update_weights, batch_size=4, lambda_=1e6)
     model = tiny_model("llama")
-    G, _ = compute_general_importance(model, windows(8, 24, 0), options, QUIET, CPU, CPU)
+    sharded = distributed.current().distributed
+    G, _ = compute_general_importance(model, windows(8, 24, 0), options, QUIET, CPU, CPU, own_rows=sharded)
     ids = windows(8, 24, 1)
-    if distributed.current().distributed:
-        scores, _ = sharded_domain_importance(model, ids, own_rows(G), options, CPU, CPU, progress=False)
+    if sharded:
+        scores, _ = sharded_domain_importance(model, ids, G, options, CPU, CPU, progress=False)
         return {name: scores[name] for name in scores}
     dense = {name: linear.weight.detach().clone() for name, linear in model_linears(model).items()}
     return domain_importance(model, ids, G, dense, options, CPU, CPU, progress=False)[0]
 
 
 TASKS = {"wanda": lambda: layerwise("wanda"), "sparsegpt": lambda: layerwise("sparsegpt"), "general": general,
+         "general_rows": general_rows,
          "sparsegpt_owl": lambda: layerwise("sparsegpt", Allocation("owl", threshold=2.0, lambda_=0.1)),
          "domain_frozen": lambda: domain(False), "domain_trajectory": lambda: domain(True)}
 
@@ -116,6 +137,13 @@ def test_all_reduced_hessians_give_the_single_process_general_importance(tmp_pat
     for name in single:
         torch.testing.assert_close(sharded[name], single[name], rtol=1e-4, atol=1e-7)
         assert torch.equal(select_mask(sharded[name], 0.5), select_mask(single[name], 0.5))
+
+
+@pytest.mark.slow
+def test_each_rank_keeps_only_its_rows_of_the_general_importance(tmp_path: Path) -> None:
+    single = general()
+    for name, gathered in on_two_ranks("general_rows", tmp_path).items():
+        torch.testing.assert_close(gathered, single[name.split("@")[0]], rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.slow

@@ -86,6 +86,22 @@ def test_all_ties_are_deterministic() -> None:
     assert first[:, :4].logical_not().all() and first[:, 4:].all()  # lower indices pruned first
 
 
+def test_selection_equals_a_stable_sort_with_ties_zeros_and_nans() -> None:
+    """The k-th-value selection prunes exactly what a stable ascending sort's first k are, on
+    heavy ties, signed zeros and NaN (which sorts last)."""
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        score = torch.randn(3, 40, generator=generator)
+        score = score.round() if trial % 2 else (score * 4).round() / 4
+        score[:, :3] = torch.tensor([-0.0, 0.0, -0.0])
+        if trial % 3 == 0:
+            score[:, ::4] = float("nan")
+        for k in range(41):
+            order = torch.sort(score, dim=-1, stable=True).indices[:, :k]
+            expected = torch.ones_like(score, dtype=torch.bool).scatter_(-1, order, False)
+            assert torch.equal(select_mask(score, k / 40, group="row"), expected), (trial, k)
+
+
 @pytest.mark.parametrize("bad", ["3:2", "2:x", "0:4", "4:4", "2-4", ""])
 def test_bad_patterns_rejected(bad: str) -> None:
     with pytest.raises(ConfigError, match="pattern"):

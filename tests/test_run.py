@@ -96,3 +96,25 @@ def test_saved_pruned_model_reloads_with_identical_perplexity(tmp_path: Path) ->
     again = json.loads(next((tmp_path / "again").glob("*.json")).read_text())
     assert again["sparsity"]["achieved"] == record["sparsity"]["achieved"]
     assert again["metrics"] == record["metrics"]
+
+
+@pytest.mark.slow
+def test_device_map_evaluates_and_prunes_in_place(tmp_path: Path) -> None:
+    """`model.device_map=auto` loads through accelerate's placement (here: every layer on the CPU)
+    and leaves the model where the map put it; evaluation and layer-wise pruning then give exactly
+    the numbers of the same cell loaded whole, and the record keeps the map."""
+    tiny = ["model=tiny-llama", "eval=smoke", "driver.progress=false"]
+    saved = run(*tiny, "pruner=dense", "save_model=true", results=tmp_path / "saved")
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    folder = json.loads(next((tmp_path / "saved").glob("*.json")).read_text())["saved_model"]
+    hub = ["model=hub", f"model.name_or_path={folder}", "model.dtype=float32", "model.device=cpu",
+           "eval=smoke", "pruner=wanda", "calib.nsamples=2", "calib.seqlen=64", "driver.progress=false"]
+    records = {}
+    for name, extra in (("whole", []), ("mapped", ["model.device_map=auto"])):
+        done = run(*hub, *extra, results=tmp_path / name)
+        assert done.returncode == 0, done.stderr[-3000:]
+        records[name] = json.loads(next((tmp_path / name).glob("*.json")).read_text())
+    assert records["mapped"]["config"]["model"]["device_map"] == "auto"
+    assert records["mapped"]["key"] == records["whole"]["key"]  # placement is not part of the cell
+    assert records["mapped"]["sparsity"]["achieved"] == records["whole"]["sparsity"]["achieved"] == 0.5
+    assert records["mapped"]["metrics"] == records["whole"]["metrics"]

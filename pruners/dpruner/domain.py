@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from core.memory import free_large_blocks_at_once
+from core.memory import large_blocks_returned_at_once
 from core.structure import decoder_layers, model_linears
 from pruners.dpruner.formulas import (
     anchor_regularizer_grad,
@@ -216,14 +216,14 @@ def domain_importance(model: nn.Module, ids: torch.Tensor, G: Tensors, dense: Te
                       progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """I for every pruned matrix over the domain windows `ids`, and per matrix the size of the
     regulariser next to the gradient (mean |reg| / mean |g|)."""
-    if device.type == "cpu" or store.type == "cpu":
-        free_large_blocks_at_once()  # per-matrix gradients come and go: do not hoard them
-    model.to(device)
-    matrices = [score_buffers(name, linear.weight, store, device)
-                for name, linear in model_linears(model).items()]
-    consumer = GradientConsumer(options, G, dense)
     total = options.steps(ids.shape[0])
     with ExitStack() as stack:
+        stack.enter_context(large_blocks_returned_at_once(options.return_freed_memory
+                                                          and "cpu" in (device.type, store.type)))
+        model.to(device)
+        matrices = [score_buffers(name, linear.weight, store, device)
+                    for name, linear in model_linears(model).items()]
+        consumer = GradientConsumer(options, G, dense)
         stack.enter_context(backprop_mode(model, [m.param for m in matrices],
                                           options.gradient_checkpointing and not options.exact,
                                           eager=options.exact))

@@ -5,7 +5,10 @@ calibration windows, so an ablation sweep computes it once; the cache is checksu
 damaged entry is discarded with one warning and recomputed.
 
 Across processes the driver sums each Hessian over the ranks, so every rank derives the same G;
-the cache is used only when every rank finds it, and only rank 0 writes it."""
+the cache is used only when every rank finds it, and only rank 0 writes it. With `own_rows` each
+rank keeps in memory only its rows of each G (the rows its FSDP shard of the weight has), one
+matrix at a time, so no rank ever holds the whole G; a file (cache, scratch) holds the whole G and
+is cut as it is read."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.distributed import all_agree, current
+from core.distributed import OwnRows, all_agree, current, local_rows
 from core.files import Damaged, discard_damaged, remove_stale_partials
 from pruners.dpruner.formulas import general_importance
 from pruners.dpruner.options import DPrunerOptions
@@ -38,10 +41,12 @@ class GeneralPass:
     """Driver method that turns each matrix's Hessian into G (into a dict or a file) and leaves
     the weight unchanged."""
 
-    def __init__(self, percdamp: float, sink: dict | TensorFile, store: torch.device) -> None:
+    def __init__(self, percdamp: float, sink: dict | TensorFile, store: torch.device,
+                 own_rows: bool = False) -> None:
         self.percdamp = percdamp
         self.sink = sink
         self.store = store
+        self.own_rows = own_rows
         self.notes: dict[str, dict] = {}
 
     def make_stats(self, columns: int, device: torch.device) -> Hessian:
@@ -52,7 +57,7 @@ class GeneralPass:
         if isinstance(self.sink, TensorFile):
             self.sink.put(name, G)
         else:
-            self.sink[name] = G.to(self.store)
+            self.sink[name] = (local_rows(G).clone() if self.own_rows else G).to(self.store)
         self.notes[name] = notes
         return None, notes
 
@@ -86,16 +91,21 @@ def _cached(path: Path, store: torch.device) -> TensorFile | None:
         return None
 
 
-def _loaded(stored: TensorFile, on_disk: bool) -> Tensors:
-    """Read on demand from the file (disk scratch) or all into memory."""
-    return stored if on_disk else {name: stored[name] for name in stored}
+def _loaded(stored: TensorFile, on_disk: bool, own_rows: bool) -> Tensors:
+    """Read on demand from the file (disk scratch) or all into memory (this rank's rows only
+    with `own_rows`, one matrix at a time)."""
+    if on_disk:
+        return OwnRows(stored) if own_rows else stored
+    return {name: local_rows(stored[name]).clone() if own_rows else stored[name] for name in stored}
 
 
 def compute_general_importance(model: nn.Module, ids: torch.Tensor, options: DPrunerOptions,
                                driver: DriverSettings, device: torch.device, store: torch.device,
-                               scratch: Path | None = None) -> tuple[Tensors, dict[str, dict]]:
+                               scratch: Path | None = None,
+                               own_rows: bool = False) -> tuple[Tensors, dict[str, dict]]:
     """G for every pruned matrix: from the cache when this model and calibration set were seen
-    before; a file read on demand when `scratch` (G on disk) is given, else a dict on `store`."""
+    before; a file read on demand when `scratch` (G on disk) is given, else a dict on `store`.
+    `own_rows`: only this rank's rows of each matrix (the FSDP domain pass's share)."""
     path = None
     if options.cache_dir is not None:
         if current().leader:
@@ -104,12 +114,12 @@ def compute_general_importance(model: nn.Module, ids: torch.Tensor, options: DPr
         cached = _cached(path, store)
         if all_agree(cached is not None):
             log.info("D-Pruner general importance from cache %s", path)
-            return _loaded(cached, scratch is not None), cached.notes
+            return _loaded(cached, scratch is not None, own_rows), cached.notes
         path = path if current().leader else None  # one writer
     settings = dataclasses.replace(driver, propagate="dense")
     target = path or (scratch / "general.bin" if scratch is not None else None)
     if target is None:
-        method = GeneralPass(options.percdamp, {}, store)
+        method = GeneralPass(options.percdamp, {}, store, own_rows)
         run_layerwise(model, ids, method, settings, device, label="dpruner general")
         return method.sink, method.notes
     with TensorFile.writing(target, store, checksum=path is not None) as sink:
@@ -118,4 +128,4 @@ def compute_general_importance(model: nn.Module, ids: torch.Tensor, options: DPr
         sink.notes = method.notes
     if path is not None:
         log.info("D-Pruner general importance cached at %s", path)
-    return _loaded(TensorFile.open(target, store), scratch is not None), method.notes
+    return _loaded(TensorFile.open(target, store), scratch is not None, own_rows), method.notes

@@ -47,6 +47,8 @@ class DPrunerOptions:
     gradient_checkpointing: bool = True
     loss_chunk: int | None = 64  # output-layer tokens at a time (None: the model's own loss)
     buffers_on_cpu: bool = False  # I (and G in memory) on the CPU while the model is on the accelerator
+    return_freed_memory: bool = False  # CPU: freed large blocks go back to the system at once (lower
+    # peak RSS, slower domain pass)
     scratch: str = "auto"  # where G and the dense copy live: memory | disk | auto (disk on a CPU)
     scratch_dir: Path | None = None  # disk scratch folder (None: the system temp dir)
     cache_dir: Path | None = None  # G cached by model weights + general windows (None: off)
@@ -73,7 +75,8 @@ class DPrunerOptions:
             "loss_chunk": None if self.loss_chunk is None
             else as_int("pruner.loss_chunk", self.loss_chunk, 1),
             **{flag: as_bool(f"pruner.{flag}", getattr(self, flag))
-               for flag in ("update_weights", "blocking", "gradient_checkpointing", "buffers_on_cpu")},
+               for flag in ("update_weights", "blocking", "gradient_checkpointing", "buffers_on_cpu",
+                            "return_freed_memory")},
             "scratch_dir": _folder(self.scratch_dir), "cache_dir": _folder(self.cache_dir),
             "domain_calib": {key: as_int(f"pruner.domain_calib.{key}", given.get(key, default), 1)
                              for key, default in DOMAIN_CALIB.items()},

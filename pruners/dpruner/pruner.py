@@ -41,7 +41,7 @@ from pruners.dpruner.domain import domain_importance
 from pruners.dpruner.general import Tensors, compute_general_importance
 from pruners.dpruner.options import DPrunerOptions
 from pruners.dpruner.reconstruct import reconstruct
-from pruners.dpruner.sharded import own_rows, sharded_domain_importance
+from pruners.dpruner.sharded import sharded_domain_importance
 from pruners.dpruner.tensorfile import TensorFile
 from pruners.masks import select_mask
 
@@ -125,14 +125,14 @@ class DPruner(Pruner):
                 scratch = stack.enter_context(scratch_folder(o.scratch_dir, "dpruner"))
             G, general_notes = {}, {}
             if o.needs_general:
+                sharded = current().distributed and o.needs_domain  # the FSDP pass needs its rows only
                 G, general_notes = compute_general_importance(model, calibration.general, o, self.driver,
-                                                              device, store, scratch)
+                                                              device, store, scratch, own_rows=sharded)
             clock.mark("general")
             dense, domain_notes = None, {}
             if not o.needs_domain:
                 scores = G
             elif current().distributed:  # FSDP; the loaded model stays unchanged: it is the dense copy
-                G = own_rows(G)
                 scores, domain_notes = sharded_domain_importance(model, calibration.domain, G, o, device,
                                                                  store, self.driver.progress)
             else:

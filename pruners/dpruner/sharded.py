@@ -24,8 +24,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from core.distributed import all_reduce_, all_reduce_float, current, gather_rows, local_rows
-from core.memory import free_large_blocks_at_once
+from core.distributed import OwnRows, all_reduce_, all_reduce_float, current, gather_rows, local_rows
+from core.memory import large_blocks_returned_at_once
 from core.structure import decoder_layers, model_linears
 from pruners.dpruner.domain import (
     GradientConsumer,
@@ -40,31 +40,6 @@ from pruners.dpruner.domain import (
 from pruners.dpruner.lm_loss import NextTokenLoss
 from pruners.dpruner.options import DPrunerOptions
 from pruners.driver import batches
-
-
-class OwnRows(Mapping[str, torch.Tensor]):
-    """This rank's rows of each matrix of `full`, cut when asked for (a file is read one matrix
-    at a time)."""
-
-    def __init__(self, full: Tensors) -> None:
-        self.full = full
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return local_rows(self.full[name])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.full)
-
-    def __len__(self) -> int:
-        return len(self.full)
-
-
-def own_rows(G: Tensors) -> Tensors:
-    """G sharded: matrices held in memory become copies of this rank's rows (the caller's full
-    dict can then go); a file stays a file, cut as it is read."""
-    if isinstance(G, dict):
-        return {name: local_rows(tensor).clone() for name, tensor in G.items()}
-    return OwnRows(G)
 
 
 class GatheredScores(Mapping[str, torch.Tensor]):
@@ -151,10 +126,11 @@ def sharded_domain_importance(model: nn.Module, ids: torch.Tensor, G: Tensors, o
                               progress: bool = True) -> tuple[GatheredScores, dict[str, dict]]:
     """I of every pruned matrix over the domain windows `ids` (the same global batches as one
     process, each split across the ranks), as shards gathered on demand, and the notes. `G`
-    holds this rank's rows (`own_rows`). The loaded model waits unchanged on the CPU meanwhile."""
-    free_large_blocks_at_once()
+    holds this rank's rows (compute_general_importance with `own_rows`). The loaded model waits
+    unchanged on the CPU meanwhile."""
     model.to("cpu")
-    matrices = _score_on_twin(model, ids, G, options, device, store, progress)
+    with large_blocks_returned_at_once(options.return_freed_memory and "cpu" in (device.type, store.type)):
+        matrices = _score_on_twin(model, ids, G, options, device, store, progress)
     rows = {name: linear.weight.shape[0] for name, linear in model_linears(model).items()}
     notes = _global_notes(matrices, rows, options.steps(ids.shape[0]))
     model.to(device)
