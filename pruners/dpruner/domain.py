@@ -218,8 +218,7 @@ def domain_importance(model: nn.Module, ids: torch.Tensor, G: Tensors, dense: Te
     regulariser next to the gradient (mean |reg| / mean |g|)."""
     total = options.steps(ids.shape[0])
     with ExitStack() as stack:
-        stack.enter_context(large_blocks_returned_at_once(options.return_freed_memory
-                                                          and "cpu" in (device.type, store.type)))
+        stack.enter_context(large_blocks_returned_at_once(options.returns_freed_memory(device, store)))
         model.to(device)
         matrices = [score_buffers(name, linear.weight, store, device)
                     for name, linear in model_linears(model).items()]

@@ -37,6 +37,12 @@ CACHE_VERSION = b"dpruner-general-v2"
 Tensors = Mapping[str, torch.Tensor]  # a dict in memory or a TensorFile on disk
 
 
+def _held(G: torch.Tensor, own_rows: bool) -> torch.Tensor:
+    """What a rank keeps in memory of one matrix's G: all of it, or a copy of its own rows (so
+    the whole matrix can go)."""
+    return local_rows(G).clone() if own_rows else G
+
+
 class GeneralPass:
     """Driver method that turns each matrix's Hessian into G (into a dict or a file) and leaves
     the weight unchanged."""
@@ -57,7 +63,7 @@ class GeneralPass:
         if isinstance(self.sink, TensorFile):
             self.sink.put(name, G)
         else:
-            self.sink[name] = (local_rows(G).clone() if self.own_rows else G).to(self.store)
+            self.sink[name] = _held(G, self.own_rows).to(self.store)
         self.notes[name] = notes
         return None, notes
 
@@ -96,7 +102,7 @@ def _loaded(stored: TensorFile, on_disk: bool, own_rows: bool) -> Tensors:
     with `own_rows`, one matrix at a time)."""
     if on_disk:
         return OwnRows(stored) if own_rows else stored
-    return {name: local_rows(stored[name]).clone() if own_rows else stored[name] for name in stored}
+    return {name: _held(stored[name], own_rows) for name in stored}
 
 
 def compute_general_importance(model: nn.Module, ids: torch.Tensor, options: DPrunerOptions,

@@ -108,6 +108,11 @@ class DPrunerOptions:
         per_epoch = math.ceil(windows / self.batch_size)
         return per_epoch * (self.epochs if self.update_weights else 1)
 
+    def returns_freed_memory(self, device: torch.device, store: torch.device) -> bool:
+        """Whether the domain pass asks the CPU allocator to give large freed blocks back at once
+        (only CPU memory is concerned: the model's device or where I lives)."""
+        return self.return_freed_memory and "cpu" in (device.type, store.type)
+
     def on_disk(self, device: torch.device) -> bool:
         """G and the dense copy in scratch files (`auto`: when pruning on a CPU, where memory is
         the scarce thing)."""

@@ -129,7 +129,7 @@ def sharded_domain_importance(model: nn.Module, ids: torch.Tensor, G: Tensors, o
     holds this rank's rows (compute_general_importance with `own_rows`). The loaded model waits
     unchanged on the CPU meanwhile."""
     model.to("cpu")
-    with large_blocks_returned_at_once(options.return_freed_memory and "cpu" in (device.type, store.type)):
+    with large_blocks_returned_at_once(options.returns_freed_memory(device, store)):
         matrices = _score_on_twin(model, ids, G, options, device, store, progress)
     rows = {name: linear.weight.shape[0] for name, linear in model_linears(model).items()}
     notes = _global_notes(matrices, rows, options.steps(ids.shape[0]))
