@@ -54,9 +54,9 @@ from omegaconf import DictConfig  # noqa: E402
 
 from bench.cell import Cell, validate  # noqa: E402
 from bench.results.mask_files import save_masks  # noqa: E402
-from bench.results.records import finished, new_record, save_record  # noqa: E402
+from bench.results.records import done_lines, finished, new_record, save_record  # noqa: E402
 from bench.results.tracking import log_record  # noqa: E402
-from core import distributed as processes  # noqa: E402  (a `distributed` global breaks submitit)
+from core import distributed as processes  # noqa: E402  (a global `distributed` breaks submitit's pickle)
 from core.calibration import build_calibration, calibration_source  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.files import remove_stale_partials  # noqa: E402
@@ -69,9 +69,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardIn
 
 
 def run_cell(cfg: DictConfig, cell: Cell, world: processes.World) -> Path | None:
-    """The cell's work after validation. (core.distributed is imported as `processes`: a global
-    named `distributed` beside `torch` and `cell.config` makes cloudpickle, which the submitit
-    launcher uses, pull in torch.distributed.config, which does not pickle.)"""
+    """The cell's work after validation; rank 0 alone evaluates, records and logs."""
     if world.leader:
         for folder in (cell.results_dir, cell.results_dir / "masks", cell.results_dir.parent / "models"):
             remove_stale_partials(folder)  # what killed runs left
@@ -111,11 +109,7 @@ def run_cell(cfg: DictConfig, cell: Cell, world: processes.World) -> Path | None
         record["saved_model"] = str(save_model(model, tokenizer, folder))
     path = save_record(cell.results_dir, record)
     log_record(record, cfg.logger)
-    print(f"done: {cell.pruner.name} {cfg.domain.name} sparsity={record['sparsity']['achieved']:.3f} "
-          f"prune={prune_seconds:.0f}s eval={evaluation.seconds:.0f}s -> {path}")
-    for name, value in record["metrics"].items():
-        low, high = record["metrics_ci"].get(name, (value, value))
-        print(f"  {name} = {value:.4g}  [{low:.4g}, {high:.4g}]")
+    print("\n".join(done_lines(record, path)))
     return path
 
 

@@ -15,18 +15,12 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig
 
-import core.models as models
+import core.gguf_wheels as gguf_wheels
 import pruners.dpruner.general as general_pass
 from core.errors import ConfigError
 from core.files import PARTIAL, Damaged, _host, atomic_dir, atomic_open, remove_stale_partials, scratch_folder
-from core.models import (
-    check_model,
-    load_model,
-    load_tokenizer,
-    model_context,
-    verify_manifest,
-    write_manifest,
-)
+from core.gguf_wheels import verify_manifest, write_manifest
+from core.models import check_model, load_model, load_tokenizer, model_context, model_location
 from core.paths import CONF_DIR
 from pruners import DriverSettings
 from pruners.dpruner.options import DPrunerOptions
@@ -192,7 +186,7 @@ def test_atomic_writers_name_their_temporaries_by_host_and_pid(tmp_path: Path):
 # ---------------------------------------------------------------- the converted model folder
 
 def fake_conversion(target: Path, max_positions: int = 4096) -> None:
-    """A small folder written as `_convert_gguf` writes one: staged, with its manifest."""
+    """A small folder written as `convert_gguf` writes one: staged, with its manifest."""
     with atomic_dir(target, replace=False) as staged:
         AutoConfig.for_model("llama", max_position_embeddings=max_positions).save_pretrained(staged)
         (staged / "model.safetensors").write_bytes(os.urandom(64 * 1024))
@@ -230,11 +224,11 @@ def smollm2(cache: Path):
 def test_damaged_converted_model_is_discarded_and_converted_again(tmp_path: Path, capsys, damage: str,
                                                                    monkeypatch: pytest.MonkeyPatch):
     conversions: list[Path] = []
-    monkeypatch.setattr(models, "_convert_gguf", lambda gguf, target: (conversions.append(target),
+    monkeypatch.setattr(gguf_wheels, "convert_gguf", lambda gguf, target: (conversions.append(target),
                                                                          fake_conversion(target)))
     cfg = smollm2(tmp_path)
-    folder = Path(models._pretrained_location(cfg))
-    assert models._pretrained_location(cfg) == str(folder) and len(conversions) == 1  # verified, reused
+    folder = Path(model_location(cfg))
+    assert model_location(cfg) == str(folder) and len(conversions) == 1  # verified, reused
     FOLDER_DAMAGE[damage][0](folder)
     capsys.readouterr()
 
@@ -242,7 +236,7 @@ def test_damaged_converted_model_is_discarded_and_converted_again(tmp_path: Path
     [warning] = warnings_in(capsys.readouterr().out)
     assert warning["what"] == "converted model" and warning["path"] == str(folder)
     assert FOLDER_DAMAGE[damage][1] in warning["why"] and not folder.exists()
-    assert models._pretrained_location(cfg) == str(folder) and len(conversions) == 2
+    assert model_location(cfg) == str(folder) and len(conversions) == 2
     verify_manifest(folder)
     assert not capsys.readouterr().out
     assert [p.name for p in folder.parent.iterdir()] == ["smollm2-135m"]  # nothing left aside
@@ -254,7 +248,7 @@ def test_real_conversion_writes_a_manifest_after_removing_stale_partials(tmp_pat
     stale.mkdir(parents=True)
     cfg = smollm2(tmp_path)
     load_tokenizer(cfg)
-    folder = models.converted_dir(cfg)
+    folder = gguf_wheels.converted_dir(cfg)
     verify_manifest(folder)
     listed = json.loads((folder / "manifest.json").read_text())
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(listed)
@@ -276,7 +270,7 @@ def test_model_context_of_the_embedded_model_from_its_gguf_or_converted_folder(t
     real = Path(os.path.expanduser("~/.cache/dpruner-bench/models/smollm2-135m/config.json"))
     if real.exists():
         assert model_context(cfg) == json.loads(real.read_text())["max_position_embeddings"]
-    fake_conversion(models.converted_dir(cfg), max_positions=4096)
+    fake_conversion(gguf_wheels.converted_dir(cfg), max_positions=4096)
     assert model_context(cfg) == 4096  # a verified converted folder is read first
 
 

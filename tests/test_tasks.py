@@ -16,15 +16,10 @@ from transformers import AutoTokenizer
 
 from core.data import PROJECT_ROOT, resolve_data_root
 from core.errors import ConfigError
-from core.models import converted_dir, load_model
-from evals.lm_tasks import (
-    TASKS_DIR,
-    FirstLineDone,
-    PrefixSharingLM,
-    check_tasks,
-    evaluate_domain_tasks,
-    task_sources,
-)
+from core.gguf_wheels import converted_dir
+from core.models import load_model
+from evals.lm_tasks import TASKS_DIR, check_tasks, evaluate_domain_tasks, task_sources
+from evals.prefix_lm import FirstLineDone, PrefixSharingLM
 from evals.tasks.utils import first_line
 
 CONF = PROJECT_ROOT / "conf"

@@ -153,6 +153,17 @@ def new_record(key: str, config: Mapping[str, Any], *, pruner: str, calib_source
     }
 
 
+def done_lines(record: Mapping[str, Any], path: Path) -> list[str]:
+    """What a finished cell prints: a headline, then every metric with its 95 % interval."""
+    cell = record["cell"]
+    lines = [f"done: {cell['pruner']} {cell['domain']} sparsity={record['sparsity']['achieved']:.3f} "
+             f"prune={record['prune']['seconds']:.0f}s eval={record['eval']['seconds']:.0f}s -> {path}"]
+    for name, value in record["metrics"].items():
+        low, high = record["metrics_ci"].get(name, (value, value))
+        lines.append(f"  {name} = {value:.4g}  [{low:.4g}, {high:.4g}]")
+    return lines
+
+
 def probe_results_dir(results_dir: Path) -> None:
     """Create, write, rename and delete a probe file, so an unusable results folder fails before
     the model loads instead of after the whole cell."""
