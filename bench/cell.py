@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.results.records import cell_config, probe_results_dir, record_key
+from bench.results.records import cell_config, git_revision, probe_results_dir, record_key
 from bench.results.tracking import resolve_mode
 from core.calibration import WindowRequest, calibration_files, calibration_settings, check_context
 from core.checks import as_bool, as_int
@@ -39,6 +39,7 @@ class Cell:
 def validate(cfg: DictConfig, world: World | None = None) -> Cell:
     """Every setting and file the cell will use, checked (files read with the run's own
     readers) before any weights load."""
+    git_revision()  # the code this process runs, fixed before any later cell's record
     plain = OmegaConf.to_container(cfg, resolve=True)
     as_int("seed", plain["seed"])
     for flag in ("force", "save_masks", "save_model"):

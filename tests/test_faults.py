@@ -19,7 +19,7 @@ import pytest
 
 from bench.cell import validate
 from bench.perf.cell import compose_config
-from bench.results.records import evidence_problems, save_record
+from bench.results.records import evidence_problems, git_revision, save_record
 from core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +82,17 @@ def test_record_without_evidence_is_refused(tmp_path: Path) -> None:
         save_record(tmp_path, record)
     assert not list(tmp_path.iterdir())
     assert evidence_problems({"a/b/acc": 0.5}, {"a/b": {"items": 3}}) == []
+
+
+def test_record_names_the_revision_the_process_started_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    git_revision.cache_clear()
+    started = git_revision()
+    moved = subprocess.CompletedProcess([], 0, stdout="0" * 40, stderr="")
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: moved)  # the checkout moves mid-grid
+    assert git_revision() == started and not started.startswith("0" * 40)
+    git_revision.cache_clear()
+    assert git_revision().startswith("0" * 40)  # asked afresh, the moved checkout answers
+    git_revision.cache_clear()
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [

@@ -26,6 +26,7 @@ later within version 3, and its absence means uniform):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -115,8 +116,11 @@ def versions() -> dict[str, str]:
     return found
 
 
+@functools.lru_cache(maxsize=1)
 def git_revision() -> str:
-    """The project's commit, `-dirty` when tracked files differ from it."""
+    """The project's commit, `-dirty` when tracked files differ from it, asked once per process
+    (bench/cell.py asks before the first cell): the code a grid runs is what it imported at the
+    start, so a checkout that moves while the grid runs must not relabel its later records."""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                              text=True, check=True).stdout.strip()
