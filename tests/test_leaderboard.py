@@ -359,6 +359,18 @@ def test_ablation_rows_name_only_their_change(tmp_path: Path) -> None:
                       "dpruner (lambda_=10000000000.0)"]
 
 
+def test_a_setting_an_ablation_does_not_read_is_left_out_of_its_label(tmp_path: Path) -> None:
+    """domain_only reads no general calibration, so its record has no `calib` block: the row is
+    named by its change alone, not also by `calib.nsamples=None`."""
+    records = [make_record(f"d{i}", "dpruner", "legal", 0.5, legal(12.0, None, 20.0), **change)
+               for i, change in enumerate([{}, {"epochs": 2}, {"importance": "domain_only"}])]
+    for record in records[:2]:
+        record["config"]["calib"] = {"nsamples": 32, "seqlen": 512}
+    cells = [leaderboard.to_cell(tmp_path / f"{r['key']}.json", r) for r in records]
+    labels = sorted(c.label for c in leaderboard.label_cells(cells))
+    assert labels == ["dpruner", "dpruner (epochs=2)", "dpruner (importance=domain_only)"]
+
+
 def test_ablations_are_plotted_apart_from_the_methods(tmp_path: Path) -> None:
     """The trade-off figure shows one series per method (its default row) and dense; the
     variants get a figure of their own beside their method's default at the same setting."""

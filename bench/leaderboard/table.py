@@ -57,7 +57,9 @@ def _variants(cells: Sequence[Cell]) -> list[str]:
     def describe(f: dict[str, Any], keys: Iterable[str]) -> str:
         return ", ".join(f"{k.removeprefix('pruner.')}={f.get(k)}" for k in keys)
 
-    short = [describe(f, (k for k in differing if repr(f.get(k)) != common.get(k))) for f in flat]
+    # a setting the cell lacks is one it does not read (D-Pruner's domain_only reads no general
+    # calibration): its absence follows from another change, which names the row
+    short = [describe(f, (k for k in differing if k in f and repr(f[k]) != common.get(k))) for f in flat]
     if len(set(short)) < len(short):
         short = [describe(f, differing) for f in flat]
     if len(set(short)) < len(short):  # nothing in the config tells them apart
