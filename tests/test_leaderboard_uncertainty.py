@@ -153,6 +153,20 @@ def test_seeds_fold_into_one_row_with_item_and_seed_variation(tmp_path: Path) ->
     assert len(rows) == 3
 
 
+def test_a_seeded_interval_stays_inside_the_values_a_metric_can_take(tmp_path: Path) -> None:
+    """Seeds that disagree widen the normal interval past 0 for an accuracy near 0 (and past 1
+    near 1): it is cut there, as no seed could score outside [0, 1]."""
+    records = [record("dense", "dense", metrics={ACC: 0.5}, intervals={ACC: [0.3, 0.7]})]
+    records += [record(f"low{s}", "wanda", metrics={ACC: v}, intervals={ACC: [0.0, v + 0.05]}, seed=s)
+                for s, v in enumerate([0.0, 0.02, 0.10])]
+    records += [record(f"high{s}", "sparsegpt", metrics={ACC: v}, intervals={ACC: [v - 0.05, 1.0]}, seed=s)
+                for s, v in enumerate([1.0, 0.98, 0.90])]
+    rows = {r.label: r for r in only_block(records, tmp_path).rows}
+    low, high = rows["wanda (3 seeds)"].estimates[ACC], rows["sparsegpt (3 seeds)"].estimates[ACC]
+    assert low.interval[0] == 0.0 < low.value < low.interval[1] < 0.2
+    assert 0.8 < high.interval[0] < high.value < high.interval[1] == 1.0
+
+
 def test_seeded_rows_are_compared_on_the_same_items(tmp_path: Path) -> None:
     base = correct(0.5, 8)
     records = [record("dense", "dense", {"legal/casehold": choice(correct(0.9, 0))})]

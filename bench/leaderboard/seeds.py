@@ -2,7 +2,8 @@
 mean over seeds, the lowest and highest seed, and an interval holding item and seed variation.
 
 The interval: variance = the mean over seeds of the item-level variance (se_s², se_s the
-half-width of seed s's interval / 1.96) + the variance between seeds / k; mean ± 1.96·sqrt.
+half-width of seed s's interval / 1.96) + the variance between seeds / k; mean ± 1.96·sqrt,
+cut to the values the metric can take (scores in [0, 1], perplexity ≥ 1, bits per byte ≥ 0).
 Every seed scores the same items, so the item part is shared by all seeds and does not shrink
 with more of them; only the seed-to-seed part averages down as 1/k."""
 
@@ -45,9 +46,16 @@ def between_seeds(values: Sequence[float]) -> float:
     return float(np.var(values, ddof=1)) / len(values) if len(values) > 1 else 0.0
 
 
-def combine(values: Sequence[float], intervals: Sequence[tuple[float, float] | None]) -> Estimate:
+def metric_range(metric: str) -> tuple[float, float]:
+    """Where a metric's values lie: perplexity >= 1, bits per byte >= 0, every score in [0, 1]."""
+    return {"ppl": (1.0, math.inf), "bpb": (0.0, math.inf)}.get(metric.rsplit("/", 1)[-1], (0.0, 1.0))
+
+
+def combine(values: Sequence[float], intervals: Sequence[tuple[float, float] | None],
+            bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
     """One seed: its value and interval as recorded. Several: see the module's docstring; no
-    interval unless every seed has one (an item part from some seeds only would understate it)."""
+    interval unless every seed has one (an item part from some seeds only would understate it).
+    The normal interval is cut to `bounds`: a ROUGE mean near 0 does not reach below it."""
     if len(values) == 1:
         return Estimate(values[0], intervals[0])
     average, spread = float(np.mean(values)), (min(values), max(values))
@@ -55,7 +63,7 @@ def combine(values: Sequence[float], intervals: Sequence[tuple[float, float] | N
         return Estimate(average, None, spread)
     variance = float(np.mean([standard_error(i) ** 2 for i in intervals])) + between_seeds(values)
     half = Z * math.sqrt(variance)
-    return Estimate(average, (average - half, average + half), spread)
+    return Estimate(average, (max(average - half, bounds[0]), min(average + half, bounds[1])), spread)
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ class Group:
             values = [c.values().get(name) for c in self.cells]
             if all(finite(v) for v in values):
                 out[name] = (Estimate(float(np.mean(values))) if name == COST
-                             else combine(values, [c.interval(name) for c in self.cells]))
+                             else combine(values, [c.interval(name) for c in self.cells], metric_range(name)))
         return out
 
     def seed_values(self, metric: str) -> list[float]:
