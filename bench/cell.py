@@ -18,7 +18,7 @@ from core.checks import as_bool, as_int
 from core.data import resolve_data_root
 from core.distributed import World, check_shares
 from core.fingerprint import fingerprints
-from core.models import check_device_map, check_model, model_context
+from core.models import check_device_map, check_model, check_shard_rows, model_context
 from core.paths import project_path
 from evals.suite import check_eval_inputs, check_eval_settings
 from pruners import Allocation, Pruner, from_config
@@ -54,6 +54,7 @@ def validate(cfg: DictConfig, world: World | None = None) -> Cell:
     check_model(cfg.model)
     world = world or World()
     check_device_map(cfg.model, pruner.name, world.size)
+    check_shard_rows(cfg.model, pruner.row_shards, pruner.name)
     check_shares(requests, world)
     context = model_context(cfg.model)
     check_context(requests, context)

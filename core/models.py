@@ -13,9 +13,11 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
+from core.distributed import current
 from core.errors import ConfigError
 from core.files import atomic_dir
 from core.gguf_wheels import converted_location, gguf_context_length, verified_conversion, wheel_gguf_path
+from core.row_shards import load_row_shards
 
 SOURCES = ("wheel_gguf", "pretrained", "random")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,6 +64,25 @@ def check_device_map(cfg: Any, pruner: str, processes: int = 1) -> None:
     if processes > 1:
         raise ConfigError(f"model.device_map with {processes} processes: a map spreads one process "
                           "over the devices; use one process, or none of the map")
+
+
+def check_shard_rows(cfg: Any, row_shards_ok: bool, pruner: str) -> None:
+    """`model.shard_rows`: each of several processes reads only its rows of the pruned matrices
+    (core/row_shards.py); it needs saved weights to read rows from, and a method that gathers a
+    matrix whole where it needs one (the layer-by-layer ones and D-Pruner)."""
+    value = cfg.get("shard_rows", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"model.shard_rows={value!r}; choose true or false")
+    if not value:
+        return
+    if cfg.source == "random":
+        raise ConfigError("model.shard_rows needs a saved model to read rows from "
+                          "(source wheel_gguf or pretrained)")
+    if cfg.get("device_map"):
+        raise ConfigError("model.shard_rows and model.device_map both place the model; choose one")
+    if not row_shards_ok:
+        raise ConfigError(f"model.shard_rows does not run pruner={pruner} (it prunes whole matrices at "
+                          "once); use it with wanda, sparsegpt or dpruner, or load the model whole")
 
 
 def model_location(cfg: Any) -> str:
@@ -174,11 +195,30 @@ def load_tokenizer(cfg: Any) -> Any:
     return tokenizer
 
 
+def _weights_folder(cfg: Any) -> Path:
+    """The local folder of the safetensors files (a hub id resolved through the hub's cache)."""
+    location = model_location(cfg)
+    if Path(location).is_dir():
+        return Path(location)
+    from huggingface_hub import snapshot_download
+
+    with _load_errors(location):
+        return Path(snapshot_download(location, revision=cfg.get("revision"),
+                                      allow_patterns=["*.json", "*.safetensors"]))
+
+
 def load_model(cfg: Any) -> tuple[PreTrainedModel, Any]:
-    """Return (model in eval mode on its device, tokenizer)."""
+    """Return (model in eval mode on its device, tokenizer); with `shard_rows` on several
+    processes, each holds only its rows of the pruned matrices (core/row_shards.py)."""
     check_model(cfg)
     if cfg.source == "random":
         model, tokenizer = _random_model(cfg)
+    elif cfg.get("shard_rows") and current().distributed:
+        folder = _weights_folder(cfg)
+        with _load_errors(str(folder)):
+            config = AutoConfig.from_pretrained(folder, **_hub_kwargs(cfg))
+            model = load_row_shards(config, folder, resolve_dtype(cfg.dtype))
+        tokenizer = load_tokenizer(cfg)
     else:
         location = model_location(cfg)
         placement = {"device_map": cfg.device_map} if cfg.get("device_map") else {}

@@ -12,6 +12,7 @@ from torch import nn
 
 from core.calibration import Calibration, WindowRequest
 from core.errors import ConfigError
+from core.row_shards import gather_to_leader
 from pruners.allocation import Allocation, LayerSparsities, allocate
 from pruners.pattern import Pattern, check_sparsity
 from pruners.settings import DriverSettings, MatrixReport
@@ -38,6 +39,7 @@ class Pruner:
 
     name: ClassVar[str] = "base"
     calibrated: ClassVar[bool] = False  # reads the `calib` group's windows as `calibration.ids`
+    row_shards: ClassVar[bool] = False  # runs on row-sharded weights (model.shard_rows), gathering them
 
     def __init__(self, sparsity: float = 0.5, pattern: str | Pattern = "unstructured",
                  driver: Mapping[str, Any] | DriverSettings | None = None,
@@ -62,7 +64,10 @@ class Pruner:
     def prune(self, model: nn.Module, calibration: Calibration,
               device: torch.device) -> list[MatrixReport]:
         self.layers = allocate(model, calibration.ids, self.allocation, self.sparsity, self.driver, device)
-        return self.prune_model(model, calibration, device)
+        reports = self.prune_model(model, calibration, device)
+        if self.row_shards:
+            gather_to_leader(model)  # row-sharded weights: rank 0 evaluates the whole pruned model
+        return reports
 
     def prune_model(self, model: nn.Module, calibration: Calibration,
                     device: torch.device) -> list[MatrixReport]:

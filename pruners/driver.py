@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from core.distributed import all_reduce_, all_reduce_float, broadcast_, current
 from core.memory import peak_memory_mb
+from core.row_shards import whole_layer
 from core.structure import decoder_layers, model_linears, prunable_linears
 from pruners.settings import DriverSettings, MatrixReport
 
@@ -197,12 +198,44 @@ def relative_error(x: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> flo
     return float(diff.pow(2).sum() / dense.pow(2).sum().clamp_min(1e-30))
 
 
+def _run_layer(layer: nn.Module, index: int, hiddens: list[torch.Tensor], calls: list[LayerCall],
+               method: LayerwiseMethod,
+               settings: DriverSettings) -> tuple[list[torch.Tensor], list[MatrixReport]]:
+    """One decoder layer: statistics, new weights, reports; returns the inputs of the next layer."""
+    distributed = current().distributed
+    linears = prunable_linears(layer)
+    collector = _Collector(linears, method.make_stats, settings.error_tokens)
+    with collector.hooks():
+        outputs = [call.run(layer, h) for h, call in zip(hiddens, calls, strict=True)]
+    if distributed:
+        collector.reduce()
+    changed, reports = False, []
+    for name, linear in linears.items():
+        start = time.perf_counter()
+        full_name = f"layers.{index}.{name}"
+        new, notes = method.prune_matrix(full_name, linear.weight.data, collector.stats_for(name))
+        error = None
+        if new is not None:
+            if distributed:
+                new = broadcast_(new.contiguous())
+            error = relative_error(collector.sample_for(name), linear.weight.data, new)
+            linear.weight.data.copy_(new.to(linear.weight.dtype))
+            changed = True
+        reports.append(MatrixReport.since(start, full_name, linear.weight, error, notes))
+    del collector
+    if hasattr(method, "end_layer"):
+        method.end_layer(index)
+    if settings.propagate == "pruned" and changed:
+        outputs = [call.run(layer, h) for h, call in zip(hiddens, calls, strict=True)]
+    return outputs, reports
+
+
 @torch.no_grad()
 def run_layerwise(model: nn.Module, ids: torch.Tensor, method: LayerwiseMethod,
                   settings: DriverSettings, device: torch.device,
                   label: str = "prune") -> list[MatrixReport]:
-    """Drive `method` over every decoder layer (each rank over its share of `ids`); returns one
-    report per linear matrix."""
+    """Drive `method` over every decoder layer (each rank over its share of `ids`; a row-sharded
+    layer gathered whole while it runs); returns one report per linear matrix."""
     world = current()
     if world.distributed:
         ids = ids[world.share(ids.shape[0])]
@@ -216,31 +249,9 @@ def run_layerwise(model: nn.Module, ids: torch.Tensor, method: LayerwiseMethod,
     for index, layer in enumerate(bar):
         if settings.offload:
             layer.to(device)
-        linears = prunable_linears(layer)
-        collector = _Collector(linears, method.make_stats, settings.error_tokens)
-        with collector.hooks():
-            outputs = [call.run(layer, h) for h, call in zip(hiddens, calls[index], strict=True)]
-        if world.distributed:
-            collector.reduce()
-        changed = False
-        for name, linear in linears.items():
-            start = time.perf_counter()
-            full_name = f"layers.{index}.{name}"
-            new, notes = method.prune_matrix(full_name, linear.weight.data, collector.stats_for(name))
-            error = None
-            if new is not None:
-                if world.distributed:
-                    new = broadcast_(new.contiguous())
-                error = relative_error(collector.sample_for(name), linear.weight.data, new)
-                linear.weight.data.copy_(new.to(linear.weight.dtype))
-                changed = True
-            reports.append(MatrixReport.since(start, full_name, linear.weight, error, notes))
-        del collector
-        if hasattr(method, "end_layer"):
-            method.end_layer(index)
-        if settings.propagate == "pruned" and changed:
-            outputs = [call.run(layer, h) for h, call in zip(hiddens, calls[index], strict=True)]
-        hiddens = outputs
+        with whole_layer(layer):
+            hiddens, layer_reports = _run_layer(layer, index, hiddens, calls[index], method, settings)
+        reports += layer_reports
         if settings.offload:
             layer.to("cpu")
         bar.set_postfix(peak_mb=f"{peak_memory_mb(device):.0f}")

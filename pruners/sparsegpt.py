@@ -74,6 +74,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
 @register("sparsegpt")
 class SparseGPT(Pruner):
     calibrated = True
+    row_shards = True
 
     def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
                  allocation: Allocation | None = None, blocksize: int = 128, percdamp: float = 0.01) -> None:

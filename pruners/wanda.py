@@ -21,6 +21,7 @@ def wanda_mask(weight: torch.Tensor, column_norms: torch.Tensor, sparsity: float
 @register("wanda")
 class Wanda(Pruner):
     calibrated = True
+    row_shards = True
 
     def make_stats(self, columns: int, device: torch.device) -> ColumnSquares:
         return ColumnSquares(columns, device)

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from core import distributed
 from core.calibration import Calibration
 from core.errors import ConfigError
+from core.row_shards import load_row_shards
 from core.structure import model_linears
 from pruners import Allocation, DriverSettings, build
 from pruners.dpruner.domain import domain_importance
@@ -101,11 +103,33 @@ def reconstructed() -> dict[str, torch.Tensor]:
     return {name: linear.weight.detach().clone() for name, linear in model_linears(model).items()}
 
 
+def row_sharded_prunes() -> dict[str, torch.Tensor]:
+    """Wanda and D-Pruner on the saved tiny LLaMA loaded whole on every rank, and loaded as each
+    rank's rows (model.shard_rows); rank 0's pruned weights, and the rows each way held."""
+    folder = Path(os.environ["DPB_TEST_SAVED_MODEL"])
+    calibration = Calibration(ids=windows(8, 24, 0), general=windows(8, 24, 0), domain=windows(8, 24, 1))
+    out = {}
+    for method, options in (("wanda", {}), ("dpruner", {"batch_size": 4, "lambda_": 1e6})):
+        for how in ("whole", "rows"):
+            if how == "rows":
+                model = load_row_shards(AutoConfig.from_pretrained(folder), folder, torch.float32)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+            held = sum(linear.weight.numel() for linear in model_linears(model).values())
+            out[f"{method}/{how}/held"] = torch.tensor(held)
+            pruner = build(method, sparsity=0.5, driver={"progress": False, "batch_size": 2}, **options)
+            pruner.prune(model, calibration, CPU)
+            out.update({f"{method}/{how}/{name}": linear.weight.detach().clone()
+                        for name, linear in model_linears(model).items()})
+    return out
+
+
 TASKS = {"wanda": lambda: layerwise("wanda"), "sparsegpt": lambda: layerwise("sparsegpt"), "general": general,
          "general_rows": general_rows,
          "sparsegpt_owl": lambda: layerwise("sparsegpt", Allocation("owl", threshold=2.0, lambda_=0.1)),
          "reconstruct": reconstructed,
-         "domain_frozen": lambda: domain(False), "domain_trajectory": lambda: domain(True)}
+         "domain_frozen": lambda: domain(False), "domain_trajectory": lambda: domain(True),
+         "row_shards": row_sharded_prunes}
 
 
 def _worker(rank: int, port: int, task: str, out: str) -> None:
@@ -191,6 +215,24 @@ def test_fsdp_domain_pass_along_the_trajectory_is_close(tmp_path: Path) -> None:
         torch.testing.assert_close(sharded[name], single[name], rtol=1e-3, atol=1e-8)
     mask = {n: select_mask(sharded[n], 0.5) for n in single}
     assert agreement(mask, {n: select_mask(single[n], 0.5) for n in single}) >= 0.999
+
+
+@pytest.mark.slow
+def test_row_sharded_weights_prune_exactly_as_whole_ones(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rank holding only its rows (gathered one layer at a time for the layer-wise passes,
+    FSDP's own shards for the domain pass) changes where the weights live, not what is computed:
+    rank 0's pruned model equals the whole-loaded 2-rank prune exactly, at half the rows held."""
+    tiny_model("llama", seed=5).save_pretrained(tmp_path / "model")
+    monkeypatch.setenv("DPB_TEST_SAVED_MODEL", str(tmp_path / "model"))
+    out = on_two_ranks("row_shards", tmp_path)
+    for method in ("wanda", "dpruner"):
+        assert 2 * out.pop(f"{method}/rows/held") == out.pop(f"{method}/whole/held")
+        whole = {k.split("/", 2)[2]: v for k, v in out.items() if k.startswith(f"{method}/whole/")}
+        for name, weight in whole.items():
+            assert torch.equal(out[f"{method}/rows/{name}"], weight), (method, name)
+        zeros = sum(int((weight == 0).sum()) for weight in whole.values())
+        assert zeros == sum(weight.numel() for weight in whole.values()) // 2
 
 
 def test_uneven_domain_batches_are_refused_before_any_work() -> None:

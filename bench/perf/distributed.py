@@ -1,10 +1,12 @@
 """One prune on 1 and on N processes (torchrun, gloo on CPU / NCCL on CUDA): wall time, D-Pruner's
-stages and peak RSS of every rank, and how many mask entries the N-process prune shares with the
-1-process one (the same global batches). Each world size is its own torchrun, so every rank's
-peak RSS is its own high-water mark.
+stages, the weights each rank holds after loading and peak RSS of every rank, and how many mask
+entries each prune shares with the first one (the same global batches). Each run is its own
+torchrun, so every rank's peak RSS is its own high-water mark. With `--shard-rows` every N > 1
+runs twice: each rank loading the whole model, and each loading only its rows (model.shard_rows).
 
     python -m bench.perf.distributed                        # default model, D-Pruner, 1 and 2 processes
-    python -m bench.perf.distributed --model tiny-llama --processes 1 2 --out /tmp/dist.md
+    python -m bench.perf.distributed --processes 2 --shard-rows   # 2 processes, whole vs rank-local
+    python -m bench.perf.distributed --model smollm2-135m --processes 1 2 --out /tmp/dist.md
     python -m bench.perf.distributed --method sparsegpt pruner.cache_dir=null
 """
 
@@ -45,12 +47,13 @@ def measure(method: str, model_name: str, domain: str, masks_out: str, overrides
     backend = distributed.start(world, device)
     runtime = peak_memory_mb()
     model, tokenizer = load_model(cfg.model)
+    held_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     pruner = build_pruner(cfg)
     windows = calibration(cfg, pruner.calibration_requests(cfg.calib), tokenizer)
     start = time.perf_counter()
     pruner.prune(model, windows, device)
     mine = {"rank": world.rank, "seconds": time.perf_counter() - start, "stages": pruner.stages,
-            "peak_rss_mb": peak_memory_mb(), "runtime_rss_mb": runtime}
+            "peak_rss_mb": peak_memory_mb(), "runtime_rss_mb": runtime, "held_mb": held_mb}
     ranks = [mine]
     if world.distributed:
         ranks = [None] * world.size
@@ -61,17 +64,18 @@ def measure(method: str, model_name: str, domain: str, masks_out: str, overrides
     torch.save({name: linear.weight != 0 for name, linear in model_linears(model).items()}, masks_out)
     fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
     return {"processes": world.size, "backend": backend, "ranks": ranks, "model_fp32_mb": fp32_mb,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "shard_rows": bool(cfg.model.shard_rows)}
 
 
-def launch(processes: int, args: argparse.Namespace, masks_out: Path) -> dict[str, Any]:
+def launch(processes: int, args: argparse.Namespace, masks_out: Path, rows: bool) -> dict[str, Any]:
     """One torchrun of `processes` workers; rank 0's JSON line is the last of its stdout."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
                f"--master_port={port}", "-m", MODULE, "--worker", "--method", args.method, "--model",
-               args.model, "--domain", args.domain, "--masks", str(masks_out), *args.overrides]
+               args.model, "--domain", args.domain, "--masks", str(masks_out), *args.overrides,
+               *(["model.shard_rows=true"] if rows else [])]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
     lines = done.stdout.strip().splitlines()
@@ -95,20 +99,25 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
              f"Command: `python -m {MODULE} --method {args.method} --model {args.model} --domain "
              f"{args.domain} {' '.join(args.overrides)}`; {platform.processor() or platform.machine()}, "
              f"{base['threads']} torch threads per rank. fp32 model {base['model_fp32_mb']:.0f} MiB.", "",
-             "| processes | backend | prune (s), rank 0 | stages, rank 0 | peak RSS per rank (MiB) "
-             "| runtime RSS (MiB) | launch to exit (s) | masks equal to 1 process |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| processes | weights per rank | backend | prune (s), rank 0 | stages, rank 0 "
+             "| loaded weights per rank (MiB) | peak RSS per rank (MiB) | runtime RSS (MiB) "
+             "| launch to exit (s) | masks equal to the first row |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rank0 = r["ranks"][0]
         stages = ", ".join(f"{k} {v['seconds']:.0f}s" for k, v in rank0["stages"].items()) or "-"
         rss = " / ".join(f"{x['peak_rss_mb']:.0f}" for x in r["ranks"])
-        lines.append(f"| {r['processes']} | {r['backend'] or '-'} | {rank0['seconds']:.1f} | {stages} "
+        held = " / ".join(f"{x['held_mb']:.0f}" for x in r["ranks"])
+        lines.append(f"| {r['processes']} | {'own rows' if r['shard_rows'] else 'whole'} "
+                     f"| {r['backend'] or '-'} | {rank0['seconds']:.1f} | {stages} | {held} "
                      f"| {rss} | {rank0['runtime_rss_mb']:.0f} | {r['wall_seconds']:.0f} "
                      f"| {r['agreement']:.5%} |")
-    lines += ["", "Peak RSS is each rank's own high-water mark (interpreter, torch, tokenizer, its full "
-              "copy of the loaded model, which is also D-Pruner's dense copy, and its shards). Each "
-              "rank runs the torch threads shown (OMP_NUM_THREADS), so N processes use N times the "
-              "cores of one; on a machine shared with other work the times are indicative only."]
+    lines += ["", "Peak RSS is each rank's own high-water mark (interpreter, torch, tokenizer, the "
+              "loaded model -- whole, or its rows of the pruned matrices with model.shard_rows -- "
+              "which is also D-Pruner's dense copy, its shards, and on rank 0 the whole pruned model "
+              "gathered for evaluation). Each rank runs the torch threads shown (OMP_NUM_THREADS), "
+              "so N processes use N times the cores of one; on a machine shared with other work "
+              "the times are indicative only."]
     return "\n".join(lines) + "\n"
 
 
@@ -118,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--domain", default="legal")
     parser.add_argument("--processes", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--shard-rows", action="store_true",
+                        help="run every N > 1 also with each rank loading only its rows")
     parser.add_argument("--out", default="results/bench/distributed.md", help="relative to the project root")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--masks", help=argparse.SUPPRESS)
@@ -129,14 +140,17 @@ def main(argv: list[str] | None = None) -> None:
             print_result(result)
         return
     results = []
+    runs = [(n, rows) for n in args.processes for rows in (False, True)
+            if not rows or (args.shard_rows and n > 1)]
     with tempfile.TemporaryDirectory() as scratch:
-        for n in args.processes:
-            result = launch(n, args, Path(scratch) / f"masks_{n}.pt")
-            result["agreement"] = agreement(Path(scratch) / f"masks_{args.processes[0]}.pt",
-                                            Path(scratch) / f"masks_{n}.pt")
+        for n, rows in runs:
+            masks = Path(scratch) / f"masks_{n}_{rows}.pt"
+            result = launch(n, args, masks, rows)
+            result["agreement"] = agreement(Path(scratch) / f"masks_{runs[0][0]}_{runs[0][1]}.pt", masks)
             results.append(result)
             rss = [round(r["peak_rss_mb"]) for r in result["ranks"]]
-            print(f"{n} processes: prune {result['ranks'][0]['seconds']:.1f}s, peak RSS per rank {rss} MiB, "
+            label = f"{n} processes{' (own rows)' if rows else ''}"
+            print(f"{label}: prune {result['ranks'][0]['seconds']:.1f}s, peak RSS per rank {rss} MiB, "
                   f"masks equal {result['agreement']:.5%}")
     out = write_atomic(project_path(args.out), table(results, args))
     write_atomic(Path(out).with_suffix(".json"), json.dumps(results, indent=1))

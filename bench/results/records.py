@@ -59,6 +59,7 @@ NOT_IN_KEY = (
     ("pruner", "driver", "progress"),  # version-1 records carried the driver inside the pruner
     ("model", "device_map"),  # where accelerate places the layers; added later, so old keys stay valid
     ("pruner", "return_freed_memory"),  # how the allocator trades time for memory; added later
+    ("model", "shard_rows"),  # how many copies of the weights the processes hold; added later
 )
 
 

@@ -23,6 +23,8 @@ from torch import nn
 
 from core.distributed import OwnRows, all_agree, current, local_rows
 from core.files import Damaged, discard_damaged, remove_stale_partials
+from core.row_shards import is_row_shard, whole_rows
+from core.structure import model_linears
 from pruners.dpruner.formulas import general_importance
 from pruners.dpruner.options import DPrunerOptions
 from pruners.dpruner.tensorfile import TensorFile
@@ -76,11 +78,14 @@ def general_cache_key(model: nn.Module, ids: torch.Tensor, percdamp: float) -> s
     digest.update(type(model).__name__.encode())
     if config is not None:
         digest.update(config.to_json_string(use_diff=False).encode())
+    linears = model_linears(model).values()
+    row_shards = {id(linear.weight): linear for linear in linears if is_row_shard(linear)}
     with torch.no_grad():
         for name, param in model.named_parameters():
-            flat = param.detach().reshape(-1)
+            whole = whole_rows(row_shards[id(param)]) if id(param) in row_shards else param.detach()
+            flat = whole.reshape(-1)
             sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
-            digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())
+            digest.update(f"{name}{tuple(whole.shape)}{param.dtype}".encode())
             digest.update(sample.numpy().tobytes())
     digest.update(ids.detach().cpu().to(torch.int64).numpy().tobytes())
     digest.update(repr(float(percdamp)).encode())

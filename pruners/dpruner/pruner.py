@@ -30,10 +30,11 @@ from tqdm.auto import tqdm
 
 from core.calibration import Calibration, WindowRequest
 from core.checks import as_int
-from core.distributed import World, current, world_from_env
+from core.distributed import World, current, local_rows, world_from_env
 from core.errors import ConfigError
 from core.files import scratch_folder
 from core.memory import peak_memory_mb
+from core.row_shards import is_row_shard
 from core.structure import model_linears
 from pruners.allocation import Allocation
 from pruners.base import MatrixReport, Pruner, register
@@ -87,6 +88,7 @@ def check_world(o: DPrunerOptions, world: World) -> None:
 
 @register("dpruner")
 class DPruner(Pruner):
+    row_shards = True
     def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
                  allocation: Allocation | None = None, **options: Any) -> None:
         super().__init__(sparsity, pattern, driver, allocation)
@@ -181,7 +183,10 @@ class DPruner(Pruner):
             start = time.perf_counter()
             weight = linear.weight.data
             keep = self.keep_mask(name, scores)
+            if is_row_shard(linear):  # this rank's rows of the whole matrix's mask
+                keep = local_rows(keep)
             original = weight if dense is None else dense[name].to(weight.device)
             weight.copy_(torch.where(keep.to(weight.device), original, torch.zeros((), dtype=weight.dtype)))
-            reports.append(MatrixReport.since(start, name, weight))
+            report = MatrixReport.since(start, name, weight)
+            reports.append(replace(report, shape=(linear.out_features, linear.in_features)))
         return reports

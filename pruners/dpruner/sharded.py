@@ -2,7 +2,8 @@
 gloo on CPU, NCCL on CUDA); the single-process pass is domain.py, whose parts this one reuses.
 
 The model the cell loaded is left untouched on the CPU: it is the dense copy the mask is applied
-to at the end, so no other copy is kept. A twin of the same architecture is built on the meta
+to at the end, so no other copy is kept (with `model.shard_rows` it holds only this rank's rows).
+A twin of the same architecture is built on the meta
 device, each of its decoder layers sharded by `fully_shard` (dim 0, cut as torch.chunk cuts it),
 materialised on the device and filled with this rank's rows; the embeddings, norms and output
 layer (never pruned, never updated) stay whole on every rank. Each rank back-propagates its share
@@ -24,8 +25,9 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from core.distributed import OwnRows, all_reduce_, all_reduce_float, current, gather_rows, local_rows
+from core.distributed import all_reduce_, all_reduce_float, current, gather_rows, local_rows
 from core.memory import large_blocks_returned_at_once
+from core.row_shards import own_rows
 from core.structure import decoder_layers, model_linears
 from pruners.dpruner.domain import (
     GradientConsumer,
@@ -73,8 +75,9 @@ def shard_twin(model: nn.Module, device: torch.device) -> nn.Module:
     twin.to_empty(device=device)
     source, buffers = model.state_dict(keep_vars=True), dict(model.named_buffers())
     for name, param in twin.named_parameters():
-        if isinstance(param, DTensor):
-            param.to_local().copy_(local_rows(source[name]))
+        if isinstance(param, DTensor):  # the loaded model holds whole matrices, or its rows already
+            whole = source[name].shape[0] == param.shape[0]
+            param.to_local().copy_(local_rows(source[name]) if whole else source[name])
         else:
             param.copy_(source[name])
     for name, buffer in twin.named_buffers():
@@ -97,7 +100,7 @@ def _score_on_twin(model: nn.Module, ids: torch.Tensor, G: Tensors, options: DPr
     """The trajectory on a sharded twin of `model` (freed on return): this rank's scores."""
     world = current()
     linears = model_linears(model)
-    dense = OwnRows({name: linear.weight.detach() for name, linear in linears.items()})
+    dense = {name: own_rows(linear) for name, linear in linears.items()}
     twin = shard_twin(model, device)
     params = [linear.weight for linear in model_linears(twin).values()]
     with torch.no_grad():
@@ -131,7 +134,7 @@ def sharded_domain_importance(model: nn.Module, ids: torch.Tensor, G: Tensors, o
     model.to("cpu")
     with large_blocks_returned_at_once(options.returns_freed_memory(device, store)):
         matrices = _score_on_twin(model, ids, G, options, device, store, progress)
-    rows = {name: linear.weight.shape[0] for name, linear in model_linears(model).items()}
+    rows = {name: linear.out_features for name, linear in model_linears(model).items()}
     notes = _global_notes(matrices, rows, options.steps(ids.shape[0]))
     model.to(device)
     return GatheredScores({m.name: m.importance for m in matrices}, rows), notes
