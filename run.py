@@ -61,7 +61,7 @@ from core.calibration import build_calibration, calibration_source  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.files import remove_stale_partials  # noqa: E402
 from core.memory import peak_memory_mb  # noqa: E402
-from core.models import load_model, resolve_device, save_model  # noqa: E402
+from core.models import load_model, place_for_evaluation, resolve_device, save_model  # noqa: E402
 from core.structure import sparsity_summary  # noqa: E402
 from evals.suite import evaluate  # noqa: E402
 
@@ -88,6 +88,7 @@ def run_cell(cfg: DictConfig, cell: Cell, world: processes.World) -> Path | None
     start = time.perf_counter()
     reports = cell.pruner.prune(model, calibration, device)
     prune_seconds = time.perf_counter() - start
+    model = place_for_evaluation(model, cfg.model, device)  # after rank-local loading
     if not world.leader:
         return None  # rank 0 evaluates the pruned model (every rank holds the same one)
     evaluation = evaluate(model, tokenizer, cfg.eval, cfg.domain, cfg.data.general, cell.data_root,

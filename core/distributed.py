@@ -176,6 +176,12 @@ def all_agree(flag: bool) -> bool:
     return all_reduce_float(0.0 if flag else 1.0) == 0.0
 
 
+def barrier() -> None:
+    """Wait for every process (none alone)."""
+    if current().distributed:
+        dist.barrier()
+
+
 def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Rank `src`'s values everywhere, in place."""
     if current().distributed:

@@ -22,6 +22,12 @@ def peak_memory_mb(device: torch.device | None = None) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def release_device_memory(device: torch.device) -> None:
+    """Hand the accelerator's cached blocks back to the driver (for another process to use)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 @contextmanager
 def large_blocks_returned_at_once(enabled: bool = True, threshold_bytes: int = 1 << 18) -> Iterator[None]:
     """While inside, serve CPU allocations of at least `threshold_bytes` by mmap, so that freeing

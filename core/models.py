@@ -13,10 +13,11 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from core.distributed import current
+from core.distributed import barrier, current
 from core.errors import ConfigError
 from core.files import atomic_dir
 from core.gguf_wheels import converted_location, gguf_context_length, verified_conversion, wheel_gguf_path
+from core.memory import release_device_memory
 from core.row_shards import load_row_shards
 
 SOURCES = ("wheel_gguf", "pretrained", "random")
@@ -50,7 +51,8 @@ def check_device_map(cfg: Any, pruner: str, processes: int = 1) -> None:
     """`model.device_map` (accelerate's big-model inference: layers spread over the visible GPUs,
     then CPU memory) loads and evaluates a model larger than one device. The layer-by-layer
     methods run on it unchanged; D-Pruner's domain pass moves the whole model, so it takes
-    processes (FSDP) instead, and one process per device cannot share a map."""
+    processes (FSDP) instead. On several processes each loads its rows (`shard_rows`) and the map
+    places only rank 0's evaluation of the gathered pruned model (`place_for_evaluation`)."""
     value = cfg.get("device_map")
     if value is None:
         return
@@ -58,12 +60,14 @@ def check_device_map(cfg: Any, pruner: str, processes: int = 1) -> None:
         raise ConfigError(f"model.device_map={value!r}; choose null or one of {list(DEVICE_MAPS)}")
     if cfg.source == "random":
         raise ConfigError("model.device_map needs a pretrained model (source wheel_gguf or pretrained)")
+    if processes > 1:
+        if not cfg.get("shard_rows"):
+            raise ConfigError(f"model.device_map with {processes} processes places rank 0's evaluation "
+                              "only when each process loads its rows: add model.shard_rows=true")
+        return
     if pruner == "dpruner":
         raise ConfigError("model.device_map does not run D-Pruner's domain pass (it moves the whole "
                           "model); run it on several processes instead (torchrun, README)")
-    if processes > 1:
-        raise ConfigError(f"model.device_map with {processes} processes: a map spreads one process "
-                          "over the devices; use one process, or none of the map")
 
 
 def check_shard_rows(cfg: Any, row_shards_ok: bool, pruner: str) -> None:
@@ -78,8 +82,6 @@ def check_shard_rows(cfg: Any, row_shards_ok: bool, pruner: str) -> None:
     if cfg.source == "random":
         raise ConfigError("model.shard_rows needs a saved model to read rows from "
                           "(source wheel_gguf or pretrained)")
-    if cfg.get("device_map"):
-        raise ConfigError("model.shard_rows and model.device_map both place the model; choose one")
     if not row_shards_ok:
         raise ConfigError(f"model.shard_rows does not run pruner={pruner} (it prunes whole matrices at "
                           "once); use it with wanda, sparsegpt or dpruner, or load the model whole")
@@ -233,6 +235,35 @@ def load_model(cfg: Any) -> tuple[PreTrainedModel, Any]:
     if getattr(model, "hf_device_map", None):
         return model, tokenizer  # placed by accelerate; moving it would undo the map
     return model.to(resolve_device(cfg.device)), tokenizer
+
+
+def place_for_evaluation(model: PreTrainedModel, cfg: Any, device: torch.device) -> PreTrainedModel:
+    """After a prune on several processes that loaded their rows (`shard_rows`), rank 0 holds the
+    whole pruned matrices in CPU memory (core/row_shards.py). The other ranks free their device
+    memory first; then rank 0 puts the model on its device, or spreads it by `model.device_map`
+    over the devices it sees (then CPU memory), as a map places a model at loading."""
+    world = current()
+    if not (world.distributed and cfg.get("shard_rows")):
+        return model
+    if not world.leader:
+        model.to("cpu")
+        release_device_memory(device)
+        barrier()
+        return model
+    barrier()  # rank 0 places the model once every other rank has let go of its device
+    if not cfg.get("device_map"):
+        return model.to(device)
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    model.to("cpu")
+    blocks = model._no_split_modules or []
+    limits = None
+    if cfg.device_map != "sequential":
+        limits = get_balanced_memory(model, no_split_module_classes=blocks,
+                                     low_zero=cfg.device_map == "balanced_low_0")
+    placement = infer_auto_device_map(model, max_memory=limits, no_split_module_classes=blocks)
+    return dispatch_model(model, placement)
 
 
 def save_model(model: PreTrainedModel, tokenizer: Any, folder: Path) -> Path:

@@ -68,15 +68,15 @@ def whole_layer(layer: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def gather_to_leader(model: nn.Module) -> None:
-    """After pruning: rank 0 holds every matrix whole, on the device its rows were on (it
-    evaluates the model); the other ranks keep their rows (they are done)."""
+    """After pruning: rank 0 holds every matrix whole in CPU memory (it evaluates the model, placed
+    by core.models.place_for_evaluation); the other ranks keep their rows (they are done)."""
     if not current().distributed:
         return
     for linear in model_linears(model).values():
         if is_row_shard(linear):
             whole = whole_rows(linear)
             if current().leader:
-                _set_weight(linear, whole)
+                _set_weight(linear, whole.to("cpu"))
 
 
 def safetensors_files(folder: Path) -> list[Path]:

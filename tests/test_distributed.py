@@ -5,6 +5,7 @@ importance, and a process that dies fails the cell on rank 0 with one line and n
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -233,6 +234,36 @@ def test_row_sharded_weights_prune_exactly_as_whole_ones(tmp_path: Path,
             assert torch.equal(out[f"{method}/rows/{name}"], weight), (method, name)
         zeros = sum(int((weight == 0).sum()) for weight in whole.values())
         assert zeros == sum(weight.numel() for weight in whole.values()) // 2
+
+
+@pytest.mark.slow
+def test_a_cell_on_row_sharded_processes_records_what_whole_loading_records(tmp_path: Path) -> None:
+    """run.py under torchrun, D-Pruner on a saved tiny LLaMA: each process loading its rows, with
+    rank 0's evaluation placed by `model.device_map=auto` (the CPU here), writes the same metrics
+    as every process loading the whole model."""
+    saved = subprocess.run([sys.executable, "run.py", "model=tiny-llama", "pruner=dense", "eval=smoke",
+                            "save_model=true", "logger=none", f"results.dir={tmp_path / 'saved'}"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    folder = json.loads(next((tmp_path / "saved").glob("*.json")).read_text())["saved_model"]
+    cell = ["model=hub", f"model.name_or_path={folder}", "model.dtype=float32",
+            "model.device=cpu", "pruner=dpruner", "pruner.batch_size=2", "pruner.domain_calib.nsamples=4",
+            "pruner.domain_calib.seqlen=32", "calib.nsamples=2", "calib.seqlen=32", "pruner.cache_dir=null",
+            "eval=smoke", "logger=none", "driver.progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    records = {}
+    for how, extra in (("whole", []), ("rows", ["model.shard_rows=true", "model.device_map=auto"])):
+        args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                f"--master_port={free_port()}", "run.py", *cell, *extra, f"results.dir={tmp_path / how}"]
+        done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        [path] = (tmp_path / how).glob("*.json")
+        records[how] = json.loads(path.read_text())
+    assert records["rows"]["config"]["model"]["shard_rows"] is True
+    assert records["rows"]["key"] == records["whole"]["key"]  # where the weights live is not the cell
+    assert records["rows"]["world"] == {"size": 2, "backend": "gloo"}
+    assert records["rows"]["sparsity"] == records["whole"]["sparsity"]
+    assert records["rows"]["metrics"] == records["whole"]["metrics"]
 
 
 def test_uneven_domain_batches_are_refused_before_any_work() -> None:

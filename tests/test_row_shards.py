@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from core.distributed import World, local_rows
 from core.errors import ConfigError
-from core.models import check_shard_rows
+from core.models import check_device_map, check_shard_rows
 from core.row_shards import is_row_shard, load_row_shards, own_rows, row_sharded
 from core.structure import model_linears
 from tests.conftest import tiny_model
@@ -63,7 +63,6 @@ def test_a_folder_without_safetensors_is_one_clear_error(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(("model", "pruner", "message"), [
     ({"source": "random"}, "dpruner", "needs a saved model"),
-    ({"source": "pretrained", "device_map": "auto"}, "dpruner", "choose one"),
     ({"source": "pretrained"}, "magnitude", "does not run pruner=magnitude"),
     ({"source": "pretrained", "shard_rows": "yes"}, "dpruner", "choose true or false"),
 ])
@@ -72,3 +71,12 @@ def test_bad_settings_are_refused_before_loading(model: dict, pruner: str, messa
     with pytest.raises(ConfigError, match=message):
         check_shard_rows(cfg, pruner != "magnitude", pruner)
     check_shard_rows(OmegaConf.create({**model, "shard_rows": False}), False, pruner)  # off: no check
+
+
+def test_a_map_with_several_processes_places_rank_0s_evaluation_of_row_sharded_loading() -> None:
+    mapped = {"source": "pretrained", "device_map": "auto"}
+    with pytest.raises(ConfigError, match="add model.shard_rows=true"):
+        check_device_map(OmegaConf.create({**mapped, "shard_rows": False}), "dpruner", 2)
+    check_device_map(OmegaConf.create({**mapped, "shard_rows": True}), "dpruner", 2)
+    with pytest.raises(ConfigError, match="does not run D-Pruner's domain pass"):
+        check_device_map(OmegaConf.create({**mapped, "shard_rows": True}), "dpruner", 1)
