@@ -7,10 +7,8 @@
 Order of work: validate everything cheap (bench/cell.py: config values, every data file read,
 the model's config, the results folder) -> skip the cell if its record exists -> load the model
 -> calibrate -> prune -> evaluate -> write the record atomically -> log to W&B. Each step is one
-call into the package that owns it.
-
-    torchrun --nproc_per_node=2 run.py               # one cell on 2 processes (core/distributed.py)
-Every process validates, loads and prunes (the pruners split the work); rank 0 alone prints,
+call into the package that owns it. Under `torchrun --nproc_per_node=N` (core/distributed.py)
+every process validates, loads and prunes (the pruners split the work); rank 0 alone prints,
 evaluates, writes the record and logs; a process that dies fails the cell on rank 0, one line."""
 
 from __future__ import annotations
