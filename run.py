@@ -20,14 +20,14 @@ from pathlib import Path
 
 from core.paths import CONF_DIR
 
-GROUPS = ("model", "pruner", "domain", "calib", "eval", "logger", "experiment", "dpruner_variant")
+CONFIG_GROUPS = ("model", "pruner", "domain", "calib", "eval", "logger", "experiment", "dpruner_variant")
 
 
 def check_group_choices(argv: list[str]) -> None:
     """Name an unknown config-group choice in one line (before Hydra's longer message)."""
     for arg in argv[1:]:
         name, _, value = arg.lstrip("+~").partition("=")
-        if name not in GROUPS or not value:
+        if name not in CONFIG_GROUPS or not value:
             continue
         known = sorted(p.stem for p in (CONF_DIR / name).glob("*.yaml"))
         for option in value.split(","):
@@ -41,8 +41,9 @@ def _interrupted_early(signum: int, frame: object) -> None:
     sys.exit(130)
 
 
-check_group_choices(sys.argv)
-signal.signal(signal.SIGINT, _interrupted_early)  # until the imports are done: no traceback
+if __name__ == "__main__":  # the command's own work, not an import's: the cheap argument check,
+    check_group_choices(sys.argv)  # then a quiet Ctrl-C until the heavy imports below are done
+    signal.signal(signal.SIGINT, _interrupted_early)
 
 import hydra  # noqa: E402  (after the cheap argument check)
 import torch  # noqa: E402
@@ -50,12 +51,11 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from bench.cell import Cell, validate  # noqa: E402
+from bench.cell import ValidatedCell, validate  # noqa: E402
 from bench.results.mask_files import save_masks  # noqa: E402
-from bench.results.records import done_lines, finished, new_record, save_record  # noqa: E402
+from bench.results.records import done_lines, finished, git_revision, new_record, save_record  # noqa: E402
 from bench.results.tracking import log_record  # noqa: E402
 from core import distributed as processes  # noqa: E402  (a global `distributed` breaks submitit's pickle)
-from core.calibration import build_calibration, calibration_source  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.files import remove_stale_partials  # noqa: E402
 from core.memory import peak_memory_mb  # noqa: E402
@@ -63,10 +63,8 @@ from core.models import load_model, place_for_evaluation, resolve_device, save_m
 from core.structure import sparsity_summary  # noqa: E402
 from evals.suite import evaluate  # noqa: E402
 
-signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again
 
-
-def run_cell(cfg: DictConfig, cell: Cell, world: processes.World) -> Path | None:
+def run_cell(cfg: DictConfig, cell: ValidatedCell, world: processes.World) -> Path | None:
     """The cell's work after validation; rank 0 alone evaluates, records and logs."""
     if world.leader:
         for folder in (cell.results_dir, cell.results_dir / "masks", cell.results_dir.parent / "models"):
@@ -81,8 +79,7 @@ def run_cell(cfg: DictConfig, cell: Cell, world: processes.World) -> Path | None
     torch.manual_seed(int(cfg.seed))
     print(f"load: model {cfg.model.name} on {device}", flush=True)
     model, tokenizer = load_model(cfg.model)
-    calibration = build_calibration(cell.requests, tokenizer, cfg.data.general.calib, cfg.domain.calib,
-                                    cell.data_root, int(cfg.seed))
+    calibration = cell.calibration(tokenizer)
     start = time.perf_counter()
     reports = cell.pruner.prune(model, calibration, device)
     prune_seconds = time.perf_counter() - start
@@ -94,7 +91,7 @@ def run_cell(cfg: DictConfig, cell: Cell, world: processes.World) -> Path | None
 
     record = new_record(
         cell.key, cell.config, pruner=cell.pruner.name,
-        calib_source=calibration_source(cell.requests),
+        calib_source=cell.pruner.calibration_source(cell.requests),
         evaluation=evaluation, sparsity=sparsity_summary(model), prune_seconds=prune_seconds,
         prune_stages=cell.pruner.stages, matrices=[r.as_dict() for r in reports],
         memory={"peak_rss_mb": peak_memory_mb(),
@@ -116,7 +113,9 @@ def run_cell(cfg: DictConfig, cell: Cell, world: processes.World) -> Path | None
 def main(cfg: DictConfig) -> None:
     key, world = None, processes.World()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    git_revision()  # the code this process runs, fixed before any cell (a grid's later ones too)
     try:
+        processes.export_submitit_environment()
         world = processes.world_from_env()
         if not world.leader:
             processes.quiet()
@@ -147,4 +146,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again
     main()

@@ -5,15 +5,23 @@ computed from the normalised config plus a content fingerprint of every data fil
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.results.records import cell_config, git_revision, probe_results_dir, record_key
+from bench.results.records import cell_config, probe_results_dir, record_key
 from bench.results.tracking import resolve_mode
-from core.calibration import WindowRequest, calibration_files, calibration_settings, check_context
+from core.calibration import (
+    Calibration,
+    WindowRequest,
+    build_calibration,
+    calibration_files,
+    calibration_settings,
+    check_context,
+)
 from core.checks import as_bool, as_int
 from core.data import resolve_data_root
 from core.distributed import World, check_shares
@@ -21,12 +29,13 @@ from core.fingerprint import fingerprints
 from core.models import check_device_map, check_model, check_shard_rows, model_context
 from core.paths import project_path
 from evals.suite import check_eval_inputs, check_eval_settings
-from pruners import Allocation, Pruner, from_config
+from pruners import REGISTRY, Allocation, Pruner, from_config
 
 
 @dataclass
-class Cell:
-    """A validated cell: everything known before any weights load."""
+class ValidatedCell:
+    """A cell checked before any weights load: its method, the windows it reads and where they
+    come from, its normalised config and record key."""
 
     pruner: Pruner
     requests: dict[str, WindowRequest]
@@ -34,27 +43,41 @@ class Cell:
     config: dict[str, Any]
     key: str
     results_dir: Path
+    general_calib: Mapping[str, Any]  # data.general.calib: the open-domain calibration text
+    domain_calib: Mapping[str, Any]  # domain.calib: the domain's calibration sources
+    seed: int
+
+    def calibration(self, tokenizer: Any) -> Calibration:
+        """The windows the cell's method asked for, drawn with the cell's seed."""
+        return build_calibration(self.requests, tokenizer, self.general_calib, self.domain_calib,
+                                 self.data_root, self.seed)
 
 
-def validate(cfg: DictConfig, world: World | None = None) -> Cell:
+def build_pruner(plain: Mapping[str, Any]) -> Pruner:
+    """The cell's method from its resolved config: the one builder of run.py and every benchmark,
+    so that no cell setting (sparsity, pattern, driver, allocation) can be left out by a second."""
+    return from_config(plain["pruner"], sparsity=plain["sparsity"], pattern=plain["pattern"],
+                       driver=plain["driver"], allocation=Allocation.of(plain["allocation"], plain["owl"]))
+
+
+def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     """Every setting and file the cell will use, checked (files read with the run's own
     readers) before any weights load."""
-    git_revision()  # the code this process runs, fixed before any later cell's record
     plain = OmegaConf.to_container(cfg, resolve=True)
-    as_int("seed", plain["seed"])
+    seed = as_int("seed", plain["seed"])
     for flag in ("force", "save_masks", "save_model"):
         as_bool(flag, plain[flag])
-    pruner = from_config(plain["pruner"], sparsity=plain["sparsity"], pattern=plain["pattern"],
-                         driver=plain["driver"], allocation=Allocation.of(plain["allocation"], plain["owl"]))
+    pruner = build_pruner(plain)
+    world = world or World()
+    pruner.check_world(world)
     root = resolve_data_root(cfg.data.root)
     WindowRequest.from_calib(cfg.calib)  # the calib group is checked even where a method ignores it
     requests = pruner.calibration_requests(cfg.calib)
     if cfg.logger.name == "wandb":
         resolve_mode(cfg.logger.mode)
     check_model(cfg.model)
-    world = world or World()
-    check_device_map(cfg.model, pruner.name, world.size)
-    check_shard_rows(cfg.model, pruner.row_shards, pruner.name)
+    check_device_map(cfg.model, world.size, pruner.moves_whole_model, pruner.name)
+    check_shard_rows(cfg.model, pruner.row_shards, pruner.name, row_shard_methods())
     check_shares(requests, world)
     context = model_context(cfg.model)
     check_context(requests, context)
@@ -68,4 +91,10 @@ def validate(cfg: DictConfig, world: World | None = None) -> Cell:
                          calib=calibration_settings(requests, cfg.calib))
     cache = cfg.data.get("fingerprint_cache")
     config["inputs"] = fingerprints(files, root, project_path(cache) if cache else None)
-    return Cell(pruner, requests, root, config, record_key(config), results_dir)
+    return ValidatedCell(pruner, requests, root, config, record_key(config), results_dir,
+                         plain["data"]["general"]["calib"], plain["domain"]["calib"], seed)
+
+
+def row_shard_methods() -> list[str]:
+    """The registered methods that run on row-sharded weights (their own `row_shards` flag)."""
+    return sorted(name for name, cls in REGISTRY.items() if cls.row_shards)

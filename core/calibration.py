@@ -1,12 +1,12 @@
 """Calibration windows: what a method asks for and how the windows are built.
 
-A method states its needs as `WindowRequest`s by slot (`ids` for the baselines' set and OWL's
-outlier ratios, `general`, `domain` and `reconstruct` for D-Pruner); slots asking for the same
-windows share one set. The same requests decide which files are checked before the model
-loads, which calibration settings enter the cell's record key, and which windows are built, so
-that the rule lives in one place. Windows are `[nsamples, seqlen]` token ids drawn with the
-cell's seed from documents joined end to end (EOS between them), so a window can be longer than
-any one document."""
+A method states its needs as `WindowRequest`s by slot (`ids` for the `calib` group's windows,
+which the baselines and OWL's outlier ratios read; any other slot is the method's own name for a
+set it reads); slots asking for the same windows share one set. The same requests decide which
+files are checked before the model loads, which calibration settings enter the cell's record key,
+and which windows are built, so that the rule lives in one place. Windows are `[nsamples, seqlen]`
+token ids drawn with the cell's seed from documents joined end to end (EOS between them), so a
+window can be longer than any one document."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from core.errors import ConfigError
 
 SOURCES = ("general", "domain", "mixed")
 CALIB_KEYS = ("source", "nsamples", "seqlen", "mix")  # the `calib` config group
-SLOTS = ("ids", "general", "domain", "reconstruct")
 
 
 @dataclass(frozen=True)
@@ -64,29 +63,19 @@ class WindowRequest:
         return ("general", "domain") if self.source == "mixed" else (self.source,)
 
 
-@dataclass
-class Calibration:
-    """Token windows [n, seqlen] by slot: `ids` is the baselines' set (chosen by `calib=`);
-    D-Pruner uses `general` for its general importance, `domain` for its domain importance and
-    `reconstruct` for the OBS update of its kept weights."""
+class Calibration(dict[str, torch.Tensor]):
+    """Token windows [n, seqlen] by the slot a method asked for them under (its requests' keys)."""
 
-    ids: torch.Tensor | None = None
-    general: torch.Tensor | None = None
-    domain: torch.Tensor | None = None
-    reconstruct: torch.Tensor | None = None  # D-Pruner's weight reconstruction (`pruner.reconstruct`)
-
-
-def _check_slots(requests: Mapping[str, WindowRequest]) -> None:
-    unknown = set(requests) - set(SLOTS)
-    if unknown:
-        raise ValueError(f"calibration slots {sorted(unknown)} are not among {SLOTS}")
+    @property
+    def ids(self) -> torch.Tensor | None:
+        """The `calib` group's windows (`calib=general|domain|mixed`), or None."""
+        return self.get("ids")
 
 
 def calibration_files(requests: Mapping[str, WindowRequest], general_spec: Mapping[str, Any],
                       domain_calib: Mapping[str, Any], root: Path) -> list[Path]:
     """Every file the requested windows are read from, each read now with the reader the
     windows are built with (a missing, malformed or empty one raises ConfigError)."""
-    _check_slots(requests)
     wanted = {text for request in requests.values() for text in request.texts}
     files = []
     if "general" in wanted:
@@ -109,15 +98,6 @@ def check_context(requests: Mapping[str, WindowRequest], context: int | None) ->
             where = "calib.seqlen" if request.calib_keys else "pruner.domain_calib.seqlen"
             raise ConfigError(f"{where}={request.seqlen} ({slot} windows) exceeds the model's context "
                               f"of {context} tokens; use at most {context}")
-
-
-def calibration_source(requests: Mapping[str, WindowRequest]) -> str | None:
-    """The source of the `calib` group's windows the cell reads (`ids`, else D-Pruner's
-    `reconstruct`): the leaderboard's calibration axis; None when it reads none of them."""
-    for slot in ("ids", "reconstruct"):
-        if slot in requests:
-            return requests[slot].source
-    return None
 
 
 def calibration_settings(requests: Mapping[str, WindowRequest],
@@ -191,14 +171,13 @@ def build_calibration(requests: Mapping[str, WindowRequest], tokenizer: Any,
                       general_spec: Mapping[str, Any], domain_calib: Mapping[str, Any], root: Path,
                       seed: int) -> Calibration:
     """The windows of every request, each drawn with `seed`."""
-    _check_slots(requests)
     calibration = Calibration()
     built: dict[tuple, torch.Tensor] = {}  # slots asking for the same windows share them
     for slot, request in requests.items():
         mix = request.mix if request.source == "mixed" else None
         same = (request.source, request.nsamples, request.seqlen, mix)
         if same in built:
-            setattr(calibration, slot, built[same])
+            calibration[slot] = built[same]
             continue
         n, seqlen = request.nsamples, request.seqlen
         general = domain = None
@@ -208,5 +187,5 @@ def build_calibration(requests: Mapping[str, WindowRequest], tokenizer: Any,
             domain = domain_windows(tokenizer, domain_calib, root, n, seqlen, seed)
         windows = mixed_windows(general, domain, request.mix) if request.source == "mixed" else general
         built[same] = domain if request.source == "domain" else windows
-        setattr(calibration, slot, built[same])
+        calibration[slot] = built[same]
     return calibration

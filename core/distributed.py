@@ -62,8 +62,10 @@ class World:
         return slice(self.rank * n // self.size, (self.rank + 1) * n // self.size)
 
 
-def _export_submitit() -> None:
-    """Inside a submitit job, let submitit export the torch variables (master from the node list)."""
+def export_submitit_environment() -> None:
+    """Inside a submitit job, let submitit export the torch variables (RANK, WORLD_SIZE, master
+    from the node list) into this process's environment, as torchrun does; elsewhere nothing.
+    The one place that writes the environment: the command calls it before reading the world."""
     if "SUBMITIT_EXECUTOR" in os.environ and "RANK" not in os.environ:
         from submitit.helpers import TorchDistributedEnvironment
 
@@ -71,10 +73,9 @@ def _export_submitit() -> None:
 
 
 def world_from_env(environ: Mapping[str, str] | None = None) -> World:
-    """The launcher's rank, world size and local rank; none of them: one process."""
-    if environ is None:
-        _export_submitit()
-        environ = os.environ
+    """The launcher's rank, world size and local rank (read, never written); none of them: one
+    process."""
+    environ = os.environ if environ is None else environ
     for rank_key, size_key, local_key in LAUNCHER_VARIABLES:
         if size_key in environ:
             try:

@@ -47,12 +47,13 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def check_device_map(cfg: Any, pruner: str, processes: int = 1) -> None:
+def check_device_map(cfg: Any, processes: int, moves_whole_model: bool, pruner: str) -> None:
     """`model.device_map` (accelerate's big-model inference: layers spread over the visible GPUs,
     then CPU memory) loads and evaluates a model larger than one device. The layer-by-layer
-    methods run on it unchanged; D-Pruner's domain pass moves the whole model, so it takes
-    processes (FSDP) instead. On several processes each loads its rows (`shard_rows`) and the map
-    places only rank 0's evaluation of the gathered pruned model (`place_for_evaluation`)."""
+    methods run on it unchanged; a method that moves the whole model (its own
+    `moves_whole_model`, e.g. a back-propagation pass) takes processes (FSDP) instead. On several
+    processes each loads its rows (`shard_rows`) and the map places only rank 0's evaluation of
+    the gathered pruned model (`place_for_evaluation`)."""
     value = cfg.get("device_map")
     if value is None:
         return
@@ -65,12 +66,12 @@ def check_device_map(cfg: Any, pruner: str, processes: int = 1) -> None:
             raise ConfigError(f"model.device_map with {processes} processes places rank 0's evaluation "
                               "only when each process loads its rows: add model.shard_rows=true")
         return
-    if pruner == "dpruner":
-        raise ConfigError("model.device_map does not run D-Pruner's domain pass (it moves the whole "
-                          "model); run it on several processes instead (torchrun, README)")
+    if moves_whole_model:
+        raise ConfigError(f"model.device_map does not run pruner={pruner} (it moves the whole model); "
+                          "run it on several processes instead (torchrun, docs/scale.md)")
 
 
-def check_shard_rows(cfg: Any, row_shards_ok: bool, pruner: str) -> None:
+def check_shard_rows(cfg: Any, row_shards_ok: bool, pruner: str, row_shard_methods: list[str]) -> None:
     """`model.shard_rows`: each of several processes reads only its rows of the pruned matrices
     (core/row_shards.py); it needs saved weights to read rows from, and a method that gathers a
     matrix whole where it needs one (the layer-by-layer ones and D-Pruner)."""
@@ -84,12 +85,13 @@ def check_shard_rows(cfg: Any, row_shards_ok: bool, pruner: str) -> None:
                           "(source wheel_gguf or pretrained)")
     if not row_shards_ok:
         raise ConfigError(f"model.shard_rows does not run pruner={pruner} (it prunes whole matrices at "
-                          "once); use it with wanda, sparsegpt or dpruner, or load the model whole")
+                          f"once); use it with {', '.join(row_shard_methods)}, or load the model whole")
 
 
-def model_location(cfg: Any) -> str:
-    """Where transformers loads the model from: the verified converted folder of a wheel (made
-    once), else the hub id or local folder."""
+def prepare_model_files(cfg: Any) -> str:
+    """Where transformers loads the model from, made ready first: a wheel's GGUF model is
+    converted once (minutes, 540 MB for the default) and its folder verified on every call;
+    a hub id or local folder is returned as given."""
     if cfg.source == "wheel_gguf":
         return str(converted_location(cfg))
     return str(cfg.name_or_path)
@@ -189,7 +191,7 @@ def _random_model(cfg: Any) -> tuple[PreTrainedModel, Any]:
 
 
 def load_tokenizer(cfg: Any) -> Any:
-    location = model_location(cfg)
+    location = prepare_model_files(cfg)
     with _load_errors(location):
         tokenizer = AutoTokenizer.from_pretrained(location)
     if tokenizer.pad_token is None:
@@ -199,7 +201,7 @@ def load_tokenizer(cfg: Any) -> Any:
 
 def _weights_folder(cfg: Any) -> Path:
     """The local folder of the safetensors files (a hub id resolved through the hub's cache)."""
-    location = model_location(cfg)
+    location = prepare_model_files(cfg)
     if Path(location).is_dir():
         return Path(location)
     from huggingface_hub import snapshot_download
@@ -222,7 +224,7 @@ def load_model(cfg: Any) -> tuple[PreTrainedModel, Any]:
             model = load_row_shards(config, folder, resolve_dtype(cfg.dtype))
         tokenizer = load_tokenizer(cfg)
     else:
-        location = model_location(cfg)
+        location = prepare_model_files(cfg)
         placement = {"device_map": cfg.device_map} if cfg.get("device_map") else {}
         with _load_errors(location):
             model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(cfg.dtype),

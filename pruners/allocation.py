@@ -30,7 +30,7 @@ from torch import nn
 
 from core.checks import as_float, choice
 from core.errors import ConfigError
-from pruners.driver import run_layerwise
+from pruners.driver import LayerPass, run_layerwise
 from pruners.pattern import Pattern
 from pruners.scores import ColumnSquares, wanda_score
 from pruners.settings import DriverSettings
@@ -112,8 +112,8 @@ def owl_sparsities(ratios: Sequence[float], target: float, lambda_: float,
     return [float(s) for s in sparsities((a + b) / 2)]
 
 
-class OutlierRatios:
-    """Driver method for the statistics sweep: Wanda's column statistic per matrix, turned into
+class OutlierRatios(LayerPass):
+    """Layer pass of the statistics sweep: Wanda's column statistic per matrix, turned into
     each layer's outlier ratio when the layer ends; weights are left unchanged."""
 
     def __init__(self, threshold: float) -> None:
@@ -125,11 +125,11 @@ class OutlierRatios:
     def make_stats(self, columns: int, device: torch.device) -> ColumnSquares:
         return ColumnSquares(columns, device)
 
-    def prune_matrix(self, name: str, weight: torch.Tensor, stats: ColumnSquares) -> tuple[None, dict]:
+    def finish_matrix(self, name: str, weight: torch.Tensor, stats: ColumnSquares) -> tuple[None, dict]:
         self._scores.append(wanda_score(weight, stats.norms()))
         return None, {}
 
-    def end_layer(self, index: int) -> None:
+    def finish_layer(self, index: int) -> None:
         self.ratios.append(outlier_ratio(self._scores, self.threshold))
         self.sizes.append(sum(s.numel() for s in self._scores))
         self._scores = []

@@ -11,6 +11,7 @@ from hydra.utils import get_class
 from torch import nn
 
 from core.calibration import Calibration, WindowRequest
+from core.distributed import World
 from core.errors import ConfigError
 from core.row_shards import gather_to_leader
 from pruners.allocation import Allocation, LayerSparsities, allocate
@@ -40,6 +41,7 @@ class Pruner:
     name: ClassVar[str] = "base"
     calibrated: ClassVar[bool] = False  # reads the `calib` group's windows as `calibration.ids`
     row_shards: ClassVar[bool] = False  # runs on row-sharded weights (model.shard_rows), gathering them
+    moves_whole_model: ClassVar[bool] = False  # a pass over the whole model at once: no model.device_map
 
     def __init__(self, sparsity: float = 0.5, pattern: str | Pattern = "unstructured",
                  driver: Mapping[str, Any] | DriverSettings | None = None,
@@ -56,6 +58,14 @@ class Pruner:
         """The windows `prune` reads, by `Calibration` slot (OWL's outlier ratios read `ids`)."""
         needed = self.calibrated or self.allocation.owl
         return {"ids": WindowRequest.from_calib(calib)} if needed else {}
+
+    def calibration_source(self, requests: Mapping[str, WindowRequest]) -> str | None:
+        """The source of the `calib` group's windows the cell reads: the leaderboard's calibration
+        axis (None: it reads none of them)."""
+        return requests["ids"].source if "ids" in requests else None
+
+    def check_world(self, world: World) -> None:
+        """Settings that must suit the cell's processes (checked before the model loads)."""
 
     def sparsity_of(self, name: str) -> float:
         """The sparsity of the matrix `layers.<i>.<...>`: the target, or its layer's OWL share."""

@@ -46,14 +46,21 @@ class Statistic(Protocol):
     def add(self, x: torch.Tensor) -> None: ...
 
 
-class LayerwiseMethod(Protocol):
-    """The math a method plugs into the driver."""
+class LayerPass:
+    """What a pass over the layers plugs into the driver: a pruning method, or a pass that only
+    measures (D-Pruner's general importance, OWL's outlier ratios)."""
 
-    def make_stats(self, columns: int, device: torch.device) -> Statistic: ...
+    def make_stats(self, columns: int, device: torch.device) -> Statistic:
+        """A fresh statistic for a matrix of `columns` inputs (shared by matrices of one input)."""
+        raise NotImplementedError
 
-    def prune_matrix(self, name: str, weight: torch.Tensor, stats: Any) -> tuple[torch.Tensor | None, dict]:
-        """Return the new weight (None: leave it) and notes for the report. A method may also
-        define `end_layer(index)`, called once a layer's matrices are done."""
+    def finish_matrix(self, name: str, weight: torch.Tensor, stats: Any) -> tuple[torch.Tensor | None, dict]:
+        """Called once the matrix's statistics are complete: its new weight (None: the weight
+        stays as it is) and notes for its report."""
+        raise NotImplementedError
+
+    def finish_layer(self, index: int) -> None:
+        """Called once every matrix of decoder layer `index` is finished."""
 
 
 @dataclass
@@ -199,7 +206,7 @@ def relative_error(x: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> flo
 
 
 def _run_layer(layer: nn.Module, index: int, hiddens: list[torch.Tensor], calls: list[LayerCall],
-               method: LayerwiseMethod,
+               method: LayerPass,
                settings: DriverSettings) -> tuple[list[torch.Tensor], list[MatrixReport]]:
     """One decoder layer: statistics, new weights, reports; returns the inputs of the next layer."""
     distributed = current().distributed
@@ -213,7 +220,7 @@ def _run_layer(layer: nn.Module, index: int, hiddens: list[torch.Tensor], calls:
     for name, linear in linears.items():
         start = time.perf_counter()
         full_name = f"layers.{index}.{name}"
-        new, notes = method.prune_matrix(full_name, linear.weight.data, collector.stats_for(name))
+        new, notes = method.finish_matrix(full_name, linear.weight.data, collector.stats_for(name))
         error = None
         if new is not None:
             if distributed:
@@ -223,15 +230,14 @@ def _run_layer(layer: nn.Module, index: int, hiddens: list[torch.Tensor], calls:
             changed = True
         reports.append(MatrixReport.since(start, full_name, linear.weight, error, notes))
     del collector
-    if hasattr(method, "end_layer"):
-        method.end_layer(index)
+    method.finish_layer(index)
     if settings.propagate == "pruned" and changed:
         outputs = [call.run(layer, h) for h, call in zip(hiddens, calls, strict=True)]
     return outputs, reports
 
 
 @torch.no_grad()
-def run_layerwise(model: nn.Module, ids: torch.Tensor, method: LayerwiseMethod,
+def run_layerwise(model: nn.Module, ids: torch.Tensor, method: LayerPass,
                   settings: DriverSettings, device: torch.device,
                   label: str = "prune") -> list[MatrixReport]:
     """Drive `method` over every decoder layer (each rank over its share of `ids`; a row-sharded

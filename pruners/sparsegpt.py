@@ -15,7 +15,7 @@ from core.checks import as_float, as_int
 from core.errors import ConfigError
 from pruners.allocation import Allocation
 from pruners.base import MatrixReport, Pruner, register
-from pruners.driver import run_layerwise
+from pruners.driver import LayerPass, run_layerwise
 from pruners.hessian import Hessian, damped_inverse, exact_matmul
 from pruners.masks import nm_mask, unstructured_mask
 from pruners.pattern import Pattern
@@ -72,7 +72,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
 
 
 @register("sparsegpt")
-class SparseGPT(Pruner):
+class SparseGPT(Pruner, LayerPass):
     calibrated = True
     row_shards = True
 
@@ -87,7 +87,7 @@ class SparseGPT(Pruner):
     def make_stats(self, columns: int, device: torch.device) -> Hessian:
         return Hessian(columns, device)
 
-    def prune_matrix(self, name: str, weight: torch.Tensor, stats: Hessian) -> tuple[torch.Tensor, dict]:
+    def finish_matrix(self, name: str, weight: torch.Tensor, stats: Hessian) -> tuple[torch.Tensor, dict]:
         return sparsegpt_prune(weight, stats.matrix(), self.sparsity_of(name), self.pattern,
                                self.blocksize, self.percdamp)
 

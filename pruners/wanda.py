@@ -7,7 +7,7 @@ from torch import nn
 
 from core.calibration import Calibration
 from pruners.base import MatrixReport, Pruner, register
-from pruners.driver import run_layerwise
+from pruners.driver import LayerPass, run_layerwise
 from pruners.masks import select_mask
 from pruners.pattern import Pattern
 from pruners.scores import ColumnSquares, wanda_score
@@ -19,14 +19,14 @@ def wanda_mask(weight: torch.Tensor, column_norms: torch.Tensor, sparsity: float
 
 
 @register("wanda")
-class Wanda(Pruner):
+class Wanda(Pruner, LayerPass):
     calibrated = True
     row_shards = True
 
     def make_stats(self, columns: int, device: torch.device) -> ColumnSquares:
         return ColumnSquares(columns, device)
 
-    def prune_matrix(self, name: str, weight: torch.Tensor,
+    def finish_matrix(self, name: str, weight: torch.Tensor,
                      stats: ColumnSquares) -> tuple[torch.Tensor, dict]:
         mask = wanda_mask(weight, stats.norms(), self.sparsity_of(name), self.pattern)
         return weight * mask, {}

@@ -83,14 +83,14 @@ def expand(preset: str, *extra: str) -> list[list[str]]:
 def test_presets_are_unique_cells(preset: str, cells: int) -> None:
     """Every job composes and validates as run.py sees it, has its own record key (no cell runs
     twice) and a W&B group."""
-    import run
+    from bench.cell import validate
 
     jobs = expand(preset)
     keys, coordinates = set(), set()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for job in jobs:
             cfg = compose(config_name="config", overrides=job)
-            cell = run.validate(cfg)
+            cell = validate(cfg)
             config = cell.config
             keys.add(cell.key)
             calib = (config.get("calib") or {}).get("source")
@@ -103,11 +103,11 @@ def test_presets_are_unique_cells(preset: str, cells: int) -> None:
 
 
 def test_seeds_preset_draws_three_calibration_samples_per_method() -> None:
-    import run
+    from bench.cell import validate
 
     jobs = expand("seeds")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cells = [run.validate(compose(config_name="config", overrides=job)) for job in jobs]
+        cells = [validate(compose(config_name="config", overrides=job)) for job in jobs]
     assert len(jobs) == len({c.key for c in cells}) == 18
     methods, domains = ("wanda", "sparsegpt", "dpruner"), ("healthcare", "legal")
     assert {(c.pruner.name, c.config["domain"]["name"], c.config["seed"]) for c in cells} == {
@@ -118,12 +118,12 @@ def test_seeds_preset_draws_three_calibration_samples_per_method() -> None:
 def test_high_sparsity_preset_cells() -> None:
     """60 distinct cells (3 sparsities x 2 allocations x 2 domains x 5 series), of which the 8 at
     50 % uniform with general or mixed calibration are leaderboard_cpu's own cells."""
-    import run
+    from bench.cell import validate
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cells = [run.validate(compose(config_name="config", overrides=job))
+        cells = [validate(compose(config_name="config", overrides=job))
                  for job in expand("high_sparsity")]
-        shared = {run.validate(compose(config_name="config", overrides=job)).key
+        shared = {validate(compose(config_name="config", overrides=job)).key
                   for job in expand("leaderboard_cpu")}
     assert len(cells) == len({c.key for c in cells}) == 60
     assert len({c.key for c in cells} & shared) == 8

@@ -9,7 +9,7 @@ import torch
 
 from core.calibration import Calibration
 from core.structure import model_linears
-from pruners import build
+from pruners import Allocation, Pruner, build
 from pruners.dpruner.reconstruct import output_error
 from pruners.hessian import Hessian
 from pruners.magnitude import magnitude_mask
@@ -68,8 +68,8 @@ def test_dpruner_reconstruction_keeps_its_mask_and_lowers_every_error(tiny_dprun
     pruner = build("dpruner", **options, reconstruct="general")
     calib = {"source": "general", "nsamples": 4, "seqlen": 48, "mix": 0.5}
     assert set(pruner.calibration_requests(calib)) == {"general", "domain", "reconstruct"}
-    reports = pruner.prune(model, Calibration(general=calibration.general, domain=calibration.domain,
-                                              reconstruct=calibration.general), CPU)
+    reports = pruner.prune(model, Calibration(general=calibration["general"], domain=calibration["domain"],
+                                              reconstruct=calibration["general"]), CPU)
     linears, plain_linears = model_linears(model), model_linears(plain)
     for report in reports:
         weight, before = linears[report.name].weight, plain_linears[report.name].weight
@@ -82,9 +82,15 @@ def test_dpruner_reconstruction_keeps_its_mask_and_lowers_every_error(tiny_dprun
 def test_reconstruction_windows_set_the_cells_calibration_axis() -> None:
     """D-Pruner with `reconstruct=mixed` reads the calib group's mixed windows, so its record sits
     beside SparseGPT with calib=mixed; plain D-Pruner reads none of the group's windows."""
-    from core.calibration import calibration_source
-
     calib = {"source": "mixed", "nsamples": 4, "seqlen": 48, "mix": 0.5}
-    assert calibration_source(build("dpruner", reconstruct="mixed").calibration_requests(calib)) == "mixed"
-    assert calibration_source(build("dpruner").calibration_requests(calib)) is None
-    assert calibration_source(build("sparsegpt").calibration_requests(calib)) == "mixed"
+
+    def source(pruner: Pruner) -> str | None:
+        return pruner.calibration_source(pruner.calibration_requests(calib))
+
+    assert source(build("dpruner", reconstruct="mixed")) == "mixed"
+    assert source(build("dpruner")) is None
+    assert source(build("sparsegpt")) == "mixed"
+    owl = Allocation.of("owl", {"threshold": 5.0, "lambda_": 0.08})
+    calib_general = {**calib, "source": "general"}  # OWL's windows come first: they are the axis
+    both = build("dpruner", reconstruct="mixed", allocation=owl)
+    assert both.calibration_source(both.calibration_requests(calib_general)) == "general"

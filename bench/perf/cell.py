@@ -1,19 +1,17 @@
 """A benchmark's cell built the way run.py builds one: the Hydra config composed from conf/ with
-overrides, the pruner through `pruners.from_config`, its calibration windows through the
-pruner's own requests, so that a benchmark measures what a grid cell runs."""
+overrides, then `bench.cell.validate`, the function run.py validates and builds its cell with,
+so that a benchmark measures what a grid cell runs and can drop none of its settings."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from core.calibration import Calibration, WindowRequest, build_calibration
-from core.data import resolve_data_root
+from bench.cell import ValidatedCell, validate
+from core.distributed import World
 from core.paths import CONF_DIR
-from pruners import Pruner, from_config
 
 
 def compose_config(overrides: Sequence[str]) -> DictConfig:
@@ -22,20 +20,12 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
         return compose("config", overrides=list(overrides))
 
 
+def bench_cell(overrides: Sequence[str], world: World | None = None) -> tuple[DictConfig, ValidatedCell]:
+    """The composed config and the cell run.py would run for it (every file and setting checked)."""
+    cfg = compose_config(overrides)
+    return cfg, validate(cfg, world)
+
+
 def pruner_overrides(method: str) -> list[str]:
     """Select a method for a timed prune: D-Pruner's G cache is off, so G is computed and timed."""
     return [f"pruner={method}", *(["pruner.cache_dir=null"] if method == "dpruner" else [])]
-
-
-def build_pruner(cfg: DictConfig, **options: Any) -> Pruner:
-    """The cell's pruner; `options` replace the pruner config's own (an ablation's changes)."""
-    pruner_cfg = OmegaConf.to_container(cfg.pruner, resolve=True)
-    pruner_cfg.update(options)
-    return from_config(pruner_cfg, sparsity=cfg.sparsity, pattern=cfg.pattern,
-                       driver=OmegaConf.to_container(cfg.driver, resolve=True))
-
-
-def calibration(cfg: DictConfig, requests: Mapping[str, WindowRequest], tokenizer: Any) -> Calibration:
-    """The requested windows, drawn from the cell's data with its seed."""
-    return build_calibration(requests, tokenizer, cfg.data.general.calib, cfg.domain.calib,
-                             resolve_data_root(cfg.data.root), int(cfg.seed))

@@ -35,21 +35,22 @@ def measure(method: str, model_name: str, domain: str, masks_out: str, overrides
     import torch
     import torch.distributed as dist
 
-    from bench.perf.cell import build_pruner, calibration, compose_config
+    from bench.perf.cell import bench_cell
     from core import distributed
     from core.memory import peak_memory_mb
     from core.models import load_model, resolve_device
     from core.structure import model_linears
 
-    cfg = compose_config([f"pruner={method}", f"model={model_name}", f"domain={domain}",
-                          "driver.progress=false", *overrides])
-    world, device = distributed.world_from_env(), resolve_device(cfg.model.device)
+    world = distributed.world_from_env()
+    cfg, cell = bench_cell([f"pruner={method}", f"model={model_name}", f"domain={domain}",
+                            "driver.progress=false", *overrides], world)
+    device = resolve_device(cfg.model.device)
     backend = distributed.start(world, device)
     runtime = peak_memory_mb()
     model, tokenizer = load_model(cfg.model)
     held_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    pruner = build_pruner(cfg)
-    windows = calibration(cfg, pruner.calibration_requests(cfg.calib), tokenizer)
+    pruner = cell.pruner
+    windows = cell.calibration(tokenizer)
     start = time.perf_counter()
     pruner.prune(model, windows, device)
     mine = {"rank": world.rank, "seconds": time.perf_counter() - start, "stages": pruner.stages,

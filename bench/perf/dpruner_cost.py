@@ -27,18 +27,17 @@ def measure(method: str, model_name: str, domain: str, overrides: list[str]) -> 
     """Load, calibrate and prune once in this process; returns times and memory."""
     import torch
 
-    from bench.perf.cell import build_pruner, calibration, compose_config, pruner_overrides
+    from bench.perf.cell import bench_cell, pruner_overrides
     from core.memory import peak_memory_mb
     from core.models import load_model, resolve_device
 
-    cfg = compose_config([*pruner_overrides(method), f"model={model_name}", f"domain={domain}",
-                          "driver.progress=false", *overrides])
+    cfg, cell = bench_cell([*pruner_overrides(method), f"model={model_name}", f"domain={domain}",
+                            "driver.progress=false", *overrides])
     runtime = peak_memory_mb(torch.device("cpu"))  # interpreter, torch, Hydra: no model yet
     model, tokenizer = load_model(cfg.model)
     device = resolve_device(cfg.model.device)
-    pruner = build_pruner(cfg)
-    requests = pruner.calibration_requests(cfg.calib)
-    windows = calibration(cfg, requests, tokenizer)
+    pruner, requests = cell.pruner, cell.requests
+    windows = cell.calibration(tokenizer)
     with torch.no_grad():  # page in weights loaded lazily, so the baseline includes the model
         sum(float(p.sum()) for p in model.parameters())
     loaded = peak_memory_mb(device)
@@ -50,7 +49,7 @@ def measure(method: str, model_name: str, domain: str, overrides: list[str]) -> 
         "method": method, "seconds": seconds, "stages": getattr(pruner, "stages", {}),
         "peak_rss_mb": peak_memory_mb(device), "loaded_rss_mb": loaded, "runtime_rss_mb": runtime,
         "model_fp32_mb": fp32_mb, "threads": torch.get_num_threads(), "device": str(device),
-        "calibration": {slot: [request.source, *getattr(windows, slot).shape]
+        "calibration": {slot: [request.source, *windows[slot].shape]
                         for slot, request in requests.items()},
     }
 

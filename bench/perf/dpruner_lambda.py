@@ -11,8 +11,10 @@ after a kill resumes: the cells already in the output file are kept and skipped.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,22 +59,24 @@ def intro(cfg: Any, model_name: str, domain: str, overrides: list[str]) -> list[
 
 def run(model_name: str, domain: str, cells: list[str], out: Path, overrides: list[str]) -> None:
     """Prune and measure each cell not yet in `out`, rewriting `out` after each one."""
-    from bench.perf.cell import build_pruner, calibration, compose_config
-    from core.data import load_texts, resolve_data_root
+    from bench.perf.cell import bench_cell
+    from core.data import load_texts
     from core.models import load_model, resolve_device
     from evals.perplexity import perplexity_sources, strided_perplexity
 
-    cfg = compose_config([f"model={model_name}", f"domain={domain}", "pruner=dpruner",
-                          "driver.progress=false", *overrides])
-    # every option checked before the model loads; the windows are those any cell reads
-    pruners = {label: build_pruner(cfg, **options) for label in cells
-               if (options := cell_options(label)) is not None}
-    requests = {slot: r for p in pruners.values() for slot, r in p.calibration_requests(cfg.calib).items()}
-    root = resolve_data_root(cfg.data.root)
+    shared = [f"model={model_name}", f"domain={domain}", "pruner=dpruner", "driver.progress=false",
+              *overrides]
+    cfg, base = bench_cell(shared)
+    # every cell validated before the model loads; the windows are those any cell reads
+    built = {label: bench_cell([*shared, *(f"pruner.{k}={json.dumps(v)}" for k, v in options.items())])[1]
+             for label in cells if (options := cell_options(label)) is not None}
+    pruners = {label: cell.pruner for label, cell in built.items()}
+    requests = {slot: r for cell in built.values() for slot, r in cell.requests.items()}
+    root = base.data_root
     model, tokenizer = load_model(cfg.model)
     device = resolve_device(cfg.model.device)
     dense = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    windows = calibration(cfg, requests, tokenizer)
+    windows = replace(base, requests=requests).calibration(tokenizer)
     specs = perplexity_sources(cfg.domain, cfg.data.general)
     sources = {key: load_texts(spec, root) for key, spec in specs.items()}
     settings = cfg.eval.perplexity

@@ -37,18 +37,18 @@ def measure(overrides: list[str]) -> dict[str, Any]:
     """One cell: load, calibrate, prune (timed, peak memory), smoke perplexities."""
     import torch
 
-    from bench.perf.cell import build_pruner, calibration, compose_config
+    from bench.perf.cell import bench_cell
     from core.data import load_texts, resolve_data_root
     from core.models import load_model, resolve_device
     from core.structure import sparsity_summary
     from evals.perplexity import perplexity_settings, perplexity_sources, strided_perplexity
 
     no_cache = ["pruner.cache_dir=null"] if "pruner=dpruner" in overrides else []  # G computed and timed
-    cfg = compose_config([*overrides, *no_cache, "eval=smoke", "driver.progress=false"])
+    cfg, cell = bench_cell([*overrides, *no_cache, "eval=smoke", "driver.progress=false"])
     device = resolve_device(cfg.model.device)
     model, tokenizer = load_model(cfg.model)
-    pruner = build_pruner(cfg)
-    windows = calibration(cfg, pruner.calibration_requests(cfg.calib), tokenizer)
+    pruner = cell.pruner
+    windows = cell.calibration(tokenizer)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()

@@ -29,30 +29,29 @@ def measure(kind: str, model_name: str, nsamples: int, seqlen: int, batch_size: 
     """Run inside a worker process: load, calibrate, then time `kind` (a method or 'forward')."""
     import torch
 
-    from bench.perf.cell import build_pruner, calibration, compose_config, pruner_overrides
-    from core.calibration import WindowRequest
+    from bench.perf.cell import bench_cell, pruner_overrides
     from core.memory import peak_memory_mb
     from core.models import load_model, resolve_device
 
-    method = [] if kind == "forward" else pruner_overrides(kind)
-    cfg = compose_config([*method, f"model={model_name}", "sparsity=0.5", f"calib.nsamples={nsamples}",
-                          f"calib.seqlen={seqlen}", f"driver.batch_size={batch_size}",
-                          "driver.progress=false"])
+    # forward: over the `calib` group's windows, as a calibrated baseline (Wanda's cell) reads them
+    method = pruner_overrides("wanda" if kind == "forward" else kind)
+    cfg, cell = bench_cell([*method, f"model={model_name}", "sparsity=0.5", f"calib.nsamples={nsamples}",
+                            f"calib.seqlen={seqlen}", f"driver.batch_size={batch_size}",
+                            "driver.progress=false"])
     model, tokenizer = load_model(cfg.model)
     device = resolve_device(cfg.model.device)
-    if kind == "forward":  # over the `calib` group's windows, as a calibrated baseline reads them
-        ids = calibration(cfg, {"ids": WindowRequest.from_calib(cfg.calib)}, tokenizer).ids
+    windows = cell.calibration(tokenizer)
+    if kind == "forward":
+        ids = windows.ids
 
         def work() -> None:
             with torch.no_grad():
                 for i in range(0, nsamples, batch_size):
                     model(input_ids=ids[i : i + batch_size].to(device))
     else:
-        pruner = build_pruner(cfg)
-        windows = calibration(cfg, pruner.calibration_requests(cfg.calib), tokenizer)
 
         def work() -> None:
-            pruner.prune(model, windows, device)
+            cell.pruner.prune(model, windows, device)
     loaded_mb = peak_memory_mb()
     start = time.perf_counter()
     work()

@@ -28,7 +28,7 @@ from core.structure import model_linears
 from pruners.dpruner.formulas import general_importance
 from pruners.dpruner.options import DPrunerOptions
 from pruners.dpruner.tensorfile import TensorFile
-from pruners.driver import run_layerwise
+from pruners.driver import LayerPass, run_layerwise
 from pruners.hessian import Hessian
 from pruners.settings import DriverSettings
 
@@ -45,8 +45,8 @@ def _held(G: torch.Tensor, own_rows: bool) -> torch.Tensor:
     return local_rows(G).clone() if own_rows else G
 
 
-class GeneralPass:
-    """Driver method that turns each matrix's Hessian into G (into a dict or a file) and leaves
+class GeneralPass(LayerPass):
+    """Layer pass that turns each matrix's Hessian into G (into a dict or a file) and leaves
     the weight unchanged."""
 
     def __init__(self, percdamp: float, sink: dict | TensorFile, store: torch.device,
@@ -60,7 +60,7 @@ class GeneralPass:
     def make_stats(self, columns: int, device: torch.device) -> Hessian:
         return Hessian(columns, device)
 
-    def prune_matrix(self, name: str, weight: torch.Tensor, stats: Hessian) -> tuple[None, dict]:
+    def finish_matrix(self, name: str, weight: torch.Tensor, stats: Hessian) -> tuple[None, dict]:
         G, notes = general_importance(weight, stats.matrix(), self.percdamp)
         if isinstance(self.sink, TensorFile):
             self.sink.put(name, G)

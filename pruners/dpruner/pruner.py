@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from core.calibration import Calibration, WindowRequest
 from core.checks import as_int
-from core.distributed import World, current, local_rows, world_from_env
+from core.distributed import World, current, local_rows
 from core.errors import ConfigError
 from core.files import scratch_folder
 from core.memory import peak_memory_mb
@@ -89,11 +89,20 @@ def check_world(o: DPrunerOptions, world: World) -> None:
 @register("dpruner")
 class DPruner(Pruner):
     row_shards = True
+    moves_whole_model = True  # the domain pass back-propagates through the whole model
+
     def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
                  allocation: Allocation | None = None, **options: Any) -> None:
         super().__init__(sparsity, pattern, driver, allocation)
         self.options = DPrunerOptions(**options)
-        check_world(self.options, world_from_env())
+
+    def check_world(self, world: World) -> None:
+        check_world(self.options, world)
+
+    def calibration_source(self, requests: Mapping[str, WindowRequest]) -> str | None:
+        """The `calib` group's windows: OWL's `ids`, else those of the kept weights' update."""
+        source = super().calibration_source(requests)
+        return source if source or "reconstruct" not in requests else requests["reconstruct"].source
 
 
     def calibration_requests(self, calib: Mapping[str, Any]) -> dict[str, WindowRequest]:
@@ -117,8 +126,8 @@ class DPruner(Pruner):
         o = self.options
         for slot, needed in (("general", o.needs_general), ("domain", o.needs_domain),
                              ("reconstruct", o.reconstruct != "none")):
-            if needed and getattr(calibration, slot) is None:
-                raise ConfigError(f"D-Pruner needs {slot} calibration windows (calibration.{slot})")
+            if needed and calibration.get(slot) is None:
+                raise ConfigError(f"D-Pruner needs {slot} calibration windows (calibration slot {slot!r})")
         store = torch.device("cpu") if o.buffers_on_cpu else device
         clock = StageClock(device)
         with ExitStack() as stack:
@@ -128,18 +137,18 @@ class DPruner(Pruner):
             G, general_notes = {}, {}
             if o.needs_general:
                 sharded = current().distributed and o.needs_domain  # the FSDP pass needs its rows only
-                G, general_notes = compute_general_importance(model, calibration.general, o, self.driver,
+                G, general_notes = compute_general_importance(model, calibration["general"], o, self.driver,
                                                               device, store, scratch, own_rows=sharded)
             clock.mark("general")
             dense, domain_notes = None, {}
             if not o.needs_domain:
                 scores = G
             elif current().distributed:  # FSDP; the loaded model stays unchanged: it is the dense copy
-                scores, domain_notes = sharded_domain_importance(model, calibration.domain, G, o, device,
+                scores, domain_notes = sharded_domain_importance(model, calibration["domain"], G, o, device,
                                                                  store, self.driver.progress)
             else:
                 dense = dense_copy(model, scratch) if o.update_weights else None
-                scores, domain_notes = domain_importance(model, calibration.domain, G, dense, o, device,
+                scores, domain_notes = domain_importance(model, calibration["domain"], G, dense, o, device,
                                                          store, self.driver.progress)
             if o.needs_domain:
                 ratio = statistics.fmean(n["reg_ratio"] for n in domain_notes.values())
@@ -149,7 +158,7 @@ class DPruner(Pruner):
             if o.reconstruct == "none":
                 reports = self.apply_masks(model, scores, dense)
             else:
-                reports = self.reconstruct(model, scores, dense, calibration.reconstruct, device)
+                reports = self.reconstruct(model, scores, dense, calibration["reconstruct"], device)
         clock.mark("mask" if o.reconstruct == "none" else "reconstruct")
         self.stages = clock.stages
         for report in reports:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pruners.driver import run_layerwise
+from pruners.driver import LayerPass, run_layerwise
 from pruners.hessian import Hessian
 from pruners.settings import DriverSettings, MatrixReport
 from pruners.sparsegpt import sparsegpt_prune
@@ -33,7 +33,7 @@ def output_error(weight: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor)
     return float(((D @ H) * D).sum() / ((W @ H) * W).sum().clamp_min(1e-300))
 
 
-class FixedMaskUpdate:
+class FixedMaskUpdate(LayerPass):
     """Driver method: each matrix keeps exactly `keep_of(name)`; the kept weights get
     SparseGPT's OBS compensation."""
 
@@ -44,7 +44,7 @@ class FixedMaskUpdate:
     def make_stats(self, columns: int, device: torch.device) -> Hessian:
         return Hessian(columns, device)
 
-    def prune_matrix(self, name: str, weight: torch.Tensor, stats: Hessian) -> tuple[torch.Tensor, dict]:
+    def finish_matrix(self, name: str, weight: torch.Tensor, stats: Hessian) -> tuple[torch.Tensor, dict]:
         keep = self.keep_of(name).to(weight.device)
         H = stats.matrix()
         new, notes = sparsegpt_prune(weight, H, 0.0, percdamp=self.percdamp, mask=keep)
