@@ -246,8 +246,8 @@ def load_record(path: Path) -> dict[str, Any]:
 
 
 def incomplete(record: Mapping[str, Any], key: str) -> str | None:
-    """Why a readable record does not stand for the cell `key` (None when it does): another key,
-    no metrics, or a metric without the per-item evidence it is recomputed from."""
+    """Why a readable record does not stand for the cell `key` (None when it does): no metrics,
+    another key, or a metric without the per-item evidence it is recomputed from."""
     metrics, evidence = record.get("metrics"), record.get("evidence")
     if not isinstance(metrics, dict) or not metrics:
         return "it has no metrics"
