@@ -53,7 +53,14 @@ from omegaconf import DictConfig  # noqa: E402
 
 from bench.cell import ValidatedCell, validate  # noqa: E402
 from bench.results.mask_files import save_masks  # noqa: E402
-from bench.results.records import done_lines, finished, git_revision, new_record, save_record  # noqa: E402
+from bench.results.records import (  # noqa: E402
+    done_lines,
+    finished,
+    git_revision,
+    new_record,
+    save_record,
+    set_aside_unfinished,
+)
 from bench.results.tracking import log_record  # noqa: E402
 from core import distributed as processes  # noqa: E402  (a global `distributed` breaks submitit's pickle)
 from core.errors import ConfigError  # noqa: E402
@@ -69,6 +76,7 @@ def run_cell(cfg: DictConfig, cell: ValidatedCell, world: processes.World) -> Pa
     if world.leader:
         for folder in (cell.results_dir, cell.results_dir / "masks", cell.results_dir.parent / "models"):
             remove_stale_partials(folder)  # what killed runs left
+        set_aside_unfinished(cell.results_dir, cell.key)  # the leader alone renames, before any rank asks
     device = resolve_device(cfg.model.device)
     backend = processes.start(world, device)
     if processes.all_agree(finished(cell.results_dir, cell.key)) and not cfg.force:

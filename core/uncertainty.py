@@ -78,18 +78,26 @@ def difference(statistic: Statistic, arity: int) -> Statistic:
     return diff
 
 
-def chance_and_majority(gold: Sequence[int], n_choices: int) -> dict[str, dict[str, float]]:
-    """Expected accuracy and macro-F1 of guessing uniformly among `n_choices`, and of always
-    answering the most frequent gold label, over the items actually scored."""
-    labels, counts = np.unique(np.asarray(gold), return_counts=True)
-    share = counts / counts.sum()
-    k = float(n_choices)
-    top = float(share.max())
-    # uniform guessing: class c is predicted for n/k items, expected TP = n p_c / k
-    chance_f1 = float(np.sum(2 * (share / k) / (share + 1 / k))) / k
+def chance_and_majority(gold: Sequence[int], n_choices: int | Sequence[int]) -> dict[str, dict[str, float]]:
+    """Expected accuracy and macro-F1 of guessing uniformly among each item's choices (one count
+    for all items, or one per item), and of always answering the most frequent gold label, over
+    the items actually scored."""
+    gold = np.asarray(gold)
+    per_item = np.broadcast_to(np.asarray(n_choices), gold.shape)
+    counts = [int(k) for k in np.unique(per_item)]
+    # as shares of the items, by count k (one count gives exactly 1/k): an item with k choices
+    # picks each with chance 1/k, so class c is expected to be predicted on the items with k > c
+    with_k = {k: float(np.sum(per_item == k)) / len(gold) for k in counts}
+    f1 = []
+    for c in range(max(counts)):
+        hits = sum(float(np.sum((gold == c) & (per_item == k))) / len(gold) / k for k in counts)
+        predicted = sum(with_k[k] / k for k in counts if k > c)
+        f1.append(2 * hits / (float(np.sum(gold == c)) / len(gold) + predicted))
+    labels, label_counts = np.unique(gold, return_counts=True)
+    top = float((label_counts / label_counts.sum()).max())
     # always the majority class: F1 of that class, zero for the other present classes
     majority_f1 = 2 * top / (1 + top) / len(labels)
-    return {"chance": {"acc": 1.0 / k, "macro_f1": chance_f1},
+    return {"chance": {"acc": sum(with_k[k] / k for k in counts), "macro_f1": float(np.mean(f1))},
             "majority": {"acc": top, "macro_f1": majority_f1}}
 
 

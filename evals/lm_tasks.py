@@ -193,8 +193,9 @@ def _evidence(logged: list[dict[str, Any]], metric_names: list[str], generates: 
         return {"kind": "generation", "ids": ids,
                 **{m: [float(s[m]) for s in logged] for m in metric_names}}
     gold, pred = zip(*(s["macro_f1"] for s in logged), strict=True) if logged else ((), ())
+    choices = [len(s["arguments"]) for s in logged]  # items may differ: chance is per item
     return {"kind": "choice", "ids": ids, "gold": [int(g) for g in gold], "pred": [int(p) for p in pred],
-            "n_choices": max((len(s["arguments"]) for s in logged), default=0)}
+            "item_choices": choices, "n_choices": max(choices, default=0)}
 
 
 def _run_task(name: str, source: Mapping[str, Any], key: str, lm: PrefixSharingLM, manager: TaskManager,

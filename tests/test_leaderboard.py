@@ -285,6 +285,17 @@ def test_nothing_usable_is_one_error_line(tmp_path: Path, capsys: pytest.Capture
     assert len(err) == 1 and err[0].startswith(f"error: no results folder {tmp_path / 'absent'}")
 
 
+def test_out_naming_a_file_is_one_error_line(results: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    taken = tmp_path / "board.md"
+    taken.write_text("mine", encoding="utf-8")
+    for out, why in ((taken, "it is a file"), (taken / "board", "Not a directory")):
+        assert main([str(results), "--out", str(out)]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("skipped ")]
+        assert err == [f"error: --out {out} cannot hold the tables and plots ({why}); give a folder"]
+    assert taken.read_text(encoding="utf-8") == "mine"
+
+
 def test_direction() -> None:
     assert leaderboard.direction("legal/multilegalpile/ppl") == -1
     assert leaderboard.direction("general/c4/bpb") == -1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 
@@ -246,6 +247,29 @@ def test_a_rebuild_reuses_the_stored_differences(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(compare, "difference", bootstrap)
     again, _, _ = board(tmp_path, records, "--vs-dense")
     assert again.splitlines()[3:] == first.splitlines()[3:]  # all but the time it was generated
+
+
+@pytest.mark.parametrize(("damage", "why"), [
+    ('{"a": [0.1, 0.0', "unreadable: "), ("[1, 2]", "not a table of differences"),
+    ('{"a": [0.1, 0.0], "b": null}', "1 of 2 entries are not [difference, low, high]")])
+def test_a_damaged_cache_is_one_warning_and_recomputed(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       damage: str, why: str) -> None:
+    records = [record("dense", "dense", {"legal/casehold": choice(correct(0.9, 0))}),
+               record("wanda", "wanda", {"legal/casehold": choice(correct(0.8, 1))}),
+               record("magnitude", "magnitude", {"legal/casehold": choice(correct(0.3, 2))})]
+    first, _, _ = board(tmp_path, records, "--vs-dense")
+    cache = tmp_path / "differences.json"
+    stored = json.loads(cache.read_text(encoding="utf-8"))
+    cache.write_text(damage, encoding="utf-8")
+    capsys.readouterr()
+    again, _, _ = board(tmp_path, records, "--vs-dense")
+    shown = capsys.readouterr()
+    warnings = [line for line in (shown.out + shown.err).splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"warning: paired-difference cache {cache} is damaged ({why}")
+    assert warnings[0].endswith("); discarded, recomputing")
+    assert again.splitlines()[3:] == first.splitlines()[3:]
+    assert json.loads(cache.read_text(encoding="utf-8")) == stored  # recomputed and stored again
 
 
 def test_only_cells_that_differ_by_seed_alone_share_a_row(tmp_path: Path) -> None:

@@ -150,9 +150,23 @@ def _check_evidence(evidence: Mapping[str, Any]) -> None:
         if not all(isinstance(v, list) for v in lists) or len(lengths) != 1:
             raise UnusableRecord(f"evidence {source} ({kind}) lacks {'/'.join(EVIDENCE_ARRAYS[kind])} "
                                  "arrays of one length")
-        choices = arrays.get("n_choices")
-        if kind == "choice" and (isinstance(choices, bool) or not isinstance(choices, int) or choices < 1):
-            raise UnusableRecord(f"evidence {source} n_choices is {reprlib.repr(choices)}, not a count")
+        if kind == "choice":
+            _check_choices(source, arrays)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_choices(source: str, arrays: Mapping[str, Any]) -> None:
+    """The number of choices the chance level is taken from: the largest (every record) and each
+    item's (records written since chance is per item; one per item, checked above)."""
+    choices = arrays.get("n_choices")
+    if not _count(choices):
+        raise UnusableRecord(f"evidence {source} n_choices is {reprlib.repr(choices)}, not a count")
+    per_item = arrays.get("item_choices")
+    if per_item is not None and not (isinstance(per_item, list) and all(map(_count, per_item))):
+        raise UnusableRecord(f"evidence {source} item_choices is {reprlib.repr(per_item)}, not counts")
 
 
 def _check_allocation(block: Mapping[str, Any], cell: Mapping[str, Any]) -> None:

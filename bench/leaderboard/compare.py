@@ -19,7 +19,7 @@ from bench.leaderboard.rows import Block, Row
 from bench.leaderboard.seeds import Estimate, Group, Z, between_seeds, standard_error
 from bench.results.evidence import paired_difference, seeds_difference
 from bench.results.records import finite
-from core.files import write_atomic
+from core.files import Damaged, discard_damaged, write_atomic
 from core.uncertainty import LEVEL, RESAMPLES, SEED
 
 Difference = tuple[float, float, float]  # (a - b, low, high)
@@ -103,15 +103,30 @@ class Comparisons:
 
 
 def _read(path: Path | None) -> dict[str, list[float] | None]:
-    """The stored differences; an absent or unreadable file is an empty store (recomputed)."""
+    """The stored differences; an absent file is an empty store, a damaged one is discarded with
+    one warning (as every cache is) and its differences are bootstrapped again."""
+    if path is None or not path.is_file():
+        return {}
     try:
-        found = json.loads(path.read_text(encoding="utf-8")) if path else {}
-    except (OSError, ValueError):
+        return _stored_differences(path)
+    except Damaged as err:
+        discard_damaged("paired-difference cache", err, path)
         return {}
+
+
+def _stored_differences(path: Path) -> dict[str, list[float] | None]:
+    """The file's differences; Damaged when it is not JSON or holds anything else."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise Damaged(f"unreadable: {err}") from err
     if not isinstance(found, dict):
-        return {}
-    return {k: v for k, v in found.items()
-            if v is None or (isinstance(v, list) and len(v) == 3 and all(map(finite, v)))}
+        raise Damaged("not a table of differences")
+    bad = [k for k, v in found.items()
+           if not (v is None or (isinstance(v, list) and len(v) == 3 and all(map(finite, v))))]
+    if bad:
+        raise Damaged(f"{len(bad)} of {len(found)} entries are not [difference, low, high]")
+    return found
 
 
 def excludes_zero(found: Difference) -> bool:

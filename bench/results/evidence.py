@@ -2,7 +2,8 @@
 
 A record's `evidence` maps each scored source (`<domain|general>/<name>`) to compact arrays:
   perplexity texts: {kind: perplexity, nll: [summed NLL per window], tokens: [...], bytes: [...]}
-  choice tasks:     {kind: choice, ids, gold, pred, n_choices}      -> acc, macro_f1
+  choice tasks:     {kind: choice, ids, gold, pred, item_choices, n_choices} -> acc, macro_f1
+                    (item_choices: each item's number of choices; n_choices: the largest)
   generation tasks: {kind: generation, ids, <rouge key>: [per item]} -> the ROUGE means
 From it come `metrics_ci` (a 95 % bootstrap interval per metric), paired differences between two
 records scored on the same items, and the chance / majority baselines of choice tasks."""
@@ -84,10 +85,13 @@ def paired_difference(a: Evidence, b: Evidence, metric: str, seed: int = 0) -> t
 
 
 def baselines(evidence: Evidence) -> dict[str, dict[str, float]] | None:
-    """Chance and majority scores of a choice task over the items it scored; None otherwise."""
+    """Chance and majority scores of a choice task over the items it scored, chance from each
+    item's own number of choices; None for other kinds."""
     if evidence["kind"] != "choice":
         return None
-    return chance_and_majority(evidence["gold"], int(evidence["n_choices"]))
+    # Records written before `item_choices` hold only the largest count: exact for every built-in
+    # task (a fixed number of choices), too low a chance for a task whose items differ.
+    return chance_and_majority(evidence["gold"], evidence.get("item_choices") or int(evidence["n_choices"]))
 
 
 def seeds_difference(a: Sequence[Evidence], b: Sequence[Evidence], metric: str,

@@ -33,6 +33,7 @@ import math
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.results.evidence import metric_intervals
+from bench.results.evidence import metric_intervals, metric_samples
 from core.errors import ConfigError
 from core.files import write_atomic
 from core.paths import PROJECT_ROOT
@@ -203,13 +204,31 @@ def evidence_problems(metrics: Mapping[str, Any], details: Mapping[str, Any]) ->
 
 
 def save_record(results_dir: Path, record: dict[str, Any]) -> Path:
-    """Write a finished record; refuses one whose numbers are not backed by data."""
+    """Write a finished record; refuses one whose numbers are not backed by data. A record that
+    cannot be written (disk full, file size limit) is kept in a fallback file under the system
+    temp folder, named in the error, so that a finished cell is never lost at the last step."""
     problems = evidence_problems(record["metrics"], record["eval"]["details"])
     if problems:
         raise ConfigError(f"cell {record['key']}: {'; '.join(problems)}; nothing recorded")
     path = record_path(results_dir, record["key"])
-    write_atomic(path, json.dumps(record, indent=1, sort_keys=False, default=str))
+    try:
+        write_atomic(path, json.dumps(record, indent=1, sort_keys=False, default=str))
+    except OSError as err:
+        raise ConfigError(f"record {path} not written ({err.strerror or err}); "
+                          f"{_save_fallback(record, path)}") from None
     return path
+
+
+def _save_fallback(record: dict[str, Any], path: Path) -> str:
+    """Write the record meant for `path`, compact, to the system temp folder; says where (or
+    why not)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    fallback = Path(tempfile.gettempdir()) / f"dpruner-bench-{record['key']}-{stamp}.json"
+    try:
+        write_atomic(fallback, json.dumps(record, separators=(",", ":"), default=str))
+    except OSError as err:
+        return f"nor saved to {fallback} ({err.strerror or err}): the cell's results are lost"
+    return f"the finished record is saved as {fallback}: move it to {path} to keep the cell"
 
 
 class BrokenRecord(ValueError):
@@ -226,20 +245,51 @@ def load_record(path: Path) -> dict[str, Any]:
     return record
 
 
-def finished(results_dir: Path, key: str) -> bool:
-    """True when the cell's record exists and reads; a broken one is set aside (kept, renamed)
-    so that the rerun can write a good record without destroying the evidence."""
-    path = record_path(results_dir, key)
-    if not path.exists():
-        return False
+def incomplete(record: Mapping[str, Any], key: str) -> str | None:
+    """Why a readable record does not stand for the cell `key` (None when it does): no metrics,
+    another key, or a metric without the per-item evidence it is recomputed from."""
+    metrics, evidence = record.get("metrics"), record.get("evidence")
+    if not isinstance(metrics, dict) or not metrics:
+        return "it has no metrics"
+    if record.get("key") != key:
+        return f"its key is {record.get('key')!r}, not the cell's"
+    for name in metrics:
+        source, _, metric = name.rpartition("/")
+        try:
+            metric_samples(evidence[source], metric)
+        except (KeyError, TypeError, ValueError):
+            return f"metric {name} has no evidence"
+    return None
+
+
+def _problem(path: Path, key: str) -> str | None:
+    """Why the record at `path` is not the finished cell `key`'s; None when it is."""
     try:
-        load_record(path)
-        return True
+        record = load_record(path)
     except BrokenRecord as err:
-        aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(path, aside)
-        print(f"warning: {err}; kept as {aside.name}, re-running the cell")
-        return False
+        return str(err).removeprefix(f"{path}: ")
+    return incomplete(record, key)
+
+
+def finished(results_dir: Path, key: str) -> bool:
+    """True when a complete record of the cell exists (`incomplete`). Only asks: every process
+    of a cell may call it; `set_aside_unfinished` is the one action, the leader's alone."""
+    path = record_path(results_dir, key)
+    return path.exists() and _problem(path, key) is None
+
+
+def set_aside_unfinished(results_dir: Path, key: str) -> Path | None:
+    """Rename a record of the cell that is broken or incomplete to `<key>.json.broken-<time>`
+    (kept as evidence, with one warning line), so that the cell re-runs and writes a good one.
+    Called by the leader alone before any process asks `finished`; returns the new name."""
+    path = record_path(results_dir, key)
+    problem = _problem(path, key) if path.exists() else None
+    if problem is None:
+        return None
+    aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    print(f"warning: record {path}: {problem}; kept as {aside.name}, re-running the cell")
+    return aside
 
 
 def iter_records(results_dir: Path) -> Iterator[tuple[Path, dict[str, Any] | BrokenRecord]]:
