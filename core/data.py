@@ -15,24 +15,40 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
-from core.paths import PROJECT_ROOT
+from core.paths import PROJECT_ROOT, project_path
 
 DATA_ROOT_ENV = "DPB_DATA_ROOT"
+CACHE_ENV = "DPB_CACHE_DIR"  # the same cache as model.cache_dir's default (conf/model/*.yaml)
+DEFAULT_CACHE = "~/.cache/dpruner-bench"
+SHIPPED_DATA_ROOT = PROJECT_ROOT.parent / "shared" / "data"
+FETCH_COMMAND = "python -m bench.data fetch"
 TEXT_FORMATS = {".jsonl": "jsonl", ".txt": "raw", ".raw": "raw", ".text": "raw", ".md": "raw"}
 
 
+def fetched_data_root() -> Path:
+    """Where `python -m bench.data fetch` writes the data tree: <cache>/data."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser() / "data"
+
+
 def resolve_data_root(root: str | None) -> Path:
-    """`data.root`, else $DPB_DATA_ROOT, else ../shared/data beside the project."""
+    """`data.root`, else $DPB_DATA_ROOT, else ../shared/data beside the project, else the tree
+    `python -m bench.data fetch` wrote under the cache (a clone without ../shared/data)."""
     candidate = root or os.environ.get(DATA_ROOT_ENV)
-    path = Path(candidate).expanduser() if candidate else PROJECT_ROOT.parent / "shared" / "data"
-    if not path.is_absolute():
-        path = PROJECT_ROOT / path
-    if not path.is_dir():
-        raise ConfigError(
-            f"data root {str(path)!r} does not exist; set data.root=/path/to/data or "
-            f"{DATA_ROOT_ENV} to a folder laid out like shared/data (see README, 'Data')"
-        )
-    return path
+    if candidate:
+        path = project_path(candidate)
+        if not path.is_dir():
+            raise ConfigError(
+                f"data root {str(path)!r} does not exist; set data.root=/path/to/data or "
+                f"{DATA_ROOT_ENV} to a folder laid out like shared/data (see README, 'Data')"
+            )
+        return path
+    for path in (SHIPPED_DATA_ROOT, fetched_data_root()):
+        if path.is_dir():
+            return path
+    raise ConfigError(
+        f"no data: neither {SHIPPED_DATA_ROOT} nor {fetched_data_root()} exists; run `{FETCH_COMMAND}` to "
+        f"download the public data there, or set data.root=/path/to/data or {DATA_ROOT_ENV} (docs/fetch.md)"
+    )
 
 
 def data_path(root: Path, relative: str) -> Path:
