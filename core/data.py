@@ -39,7 +39,7 @@ def resolve_data_root(root: str | None) -> Path:
         if not path.is_dir():
             raise ConfigError(
                 f"data root {str(path)!r} does not exist; set data.root=/path/to/data or "
-                f"{DATA_ROOT_ENV} to a folder laid out like shared/data (see README, 'Data')"
+                f"{DATA_ROOT_ENV} to a folder laid out like shared/data (see docs/fetch.md)"
             )
         return path
     for path in (SHIPPED_DATA_ROOT, fetched_data_root()):

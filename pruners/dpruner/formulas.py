@@ -1,4 +1,4 @@
-"""D-Pruner's formulas as pure tensor functions (see the README, "D-Pruner").
+"""D-Pruner's formulas as pure tensor functions (docs/dpruner.md).
 
 Notation: W a pruned matrix, H its layer Hessian 2XX^T/n on general text, g the gradient of the
 domain loss, lambda the regulariser weight, alpha the SGD step size."""
