@@ -38,6 +38,7 @@ class Record(dict):
 
 
 def where_of(row: Mapping[str, Any]) -> str:
+    """Where a row is, for an error (a plain mapping, as a caller may pass a template, is "a row")."""
     return getattr(row, "where", "a row")
 
 

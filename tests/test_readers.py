@@ -101,7 +101,7 @@ def test_an_empty_choice_is_refused_naming_file_line_and_field(tmp_path, empty):
 
 def test_a_non_string_choice_names_its_field(tmp_path):
     exam = jsonl(tmp_path / "exam.jsonl", [{"stem": "Pick", "options": ["x", 2], "gold": 0}])
-    with pytest.raises(ConfigError, match=r"exam\.jsonl:1: choice 'options\[1\]' holds int '2'; expected text"):
+    with pytest.raises(ConfigError, match=r"exam\.jsonl:1: choice 'options\[1\]' holds int '2'; expected"):
         check_tasks({"exam": {"kind": "choice", "path": str(exam),
                               "fields": {"prompt": "stem", "choices": "options", "label": "gold"}}}, tmp_path)
 

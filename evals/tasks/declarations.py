@@ -62,9 +62,9 @@ def _declaration(path: Path) -> TaskDeclaration:
                           f"custom_dataset: !function {hook}")
     if not isinstance(meta.get("domain"), str) or not meta["domain"]:
         raise ConfigError(f"{path}: metadata.domain={meta.get('domain')!r}; name the task's domain")
-    return TaskDeclaration(name, path, meta["domain"], choice(f"{path}: metadata.format", meta.get("format"),
-                                                              sorted(TASK_READERS)),
-                           as_bool(f"{path}: metadata.like_default", meta.get("like_default", False)))
+    file_format = choice(f"{path}: metadata.format", meta.get("format"), sorted(TASK_READERS))
+    like_default = as_bool(f"{path}: metadata.like_default", meta.get("like_default", False))
+    return TaskDeclaration(name, path, meta["domain"], file_format, like_default)
 
 
 @cache
