@@ -1,6 +1,6 @@
-"""Text sources: the data root, file readers with clear errors, and plain-text documents (the
-general calibration text and the perplexity texts). Calibration readers and evaluation readers
-never share a file.
+"""Text sources: the data root, dataset paths, hub datasets, and plain-text documents (the general
+calibration text and the perplexity texts), read through the file parsers of core/formats.py.
+Calibration readers and evaluation readers never share a file.
 
 Every reader here is also the validation reader: run.py reads each input once with it before
 the model loads, so bad bytes, a malformed line or an empty text fail in one line naming the
@@ -8,13 +8,13 @@ file, never after pruning."""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from core.formats import Record, raw_text, read_jsonl, text
 from core.paths import PROJECT_ROOT, project_path
 
 DATA_ROOT_ENV = "DPB_DATA_ROOT"
@@ -61,40 +61,6 @@ def data_path(root: Path, relative: str) -> Path:
     return path
 
 
-def read_text(path: Path) -> str:
-    """A whole file as UTF-8 text; bad bytes are one error naming the line and byte offset."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as err:
-        raise ConfigError(f"{path} cannot be read ({err.strerror or err})") from err
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise ConfigError(f"{path}:{line} is not UTF-8 (byte offset {err.start}: {err.reason}); "
-                          "save the file as UTF-8") from None
-
-
-def read_jsonl(path: Path, fields: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file, each an object holding the fields the caller needs."""
-    need = list(fields)
-    rows = []
-    for number, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{number} is not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise ConfigError(f"{path}:{number} is a JSON {type(row).__name__}; expected an object per line")
-        missing = [f for f in need if f not in row]
-        if missing:
-            raise ConfigError(f"{path}:{number} lacks field(s) {missing}; expected {need}")
-        rows.append(row)
-    return rows
-
-
 def text_spec(value: Any, where: str = "text") -> dict[str, Any]:
     """A text source as a mapping {path | hub, format, field}: a plain path takes its format from
     the extension (.jsonl: the `text` field; .txt/.raw/.text/.md: the whole file)."""
@@ -129,12 +95,12 @@ def load_texts(spec: Any, root: Path, where: str = "text") -> list[str]:
         path = data_path(root, spec["path"])
         origin = str(path)
         if spec["format"] == "raw":
-            texts = [read_text(path).replace("\r\n", "\n")]
+            texts = [raw_text(path)]
         else:
-            texts = [str(row[spec["field"]]) for row in read_jsonl(path, [spec["field"]])]
+            texts = [text(row, spec["field"]) for row in read_jsonl(path, [spec["field"]])]
         every = spec.get("every")
         texts = texts[::every] if every else texts
-    if not any(text.strip() for text in texts):
+    if not any(found.strip() for found in texts):
         raise ConfigError(f"{origin} has no text ({where}); an empty source cannot be scored")
     return texts
 
@@ -151,6 +117,12 @@ def hub_rows(hub: Mapping[str, Any]) -> list[dict[str, Any]]:
             "fetch it once while online (it is then cached) or give a local `path` instead") from None
 
 
+def hub_records(hub: Mapping[str, Any]) -> list[Record]:
+    """The rows of a hub dataset split, each naming its row for an error."""
+    origin = f"hub dataset {hub.get('id')!r}"
+    return [Record(row, f"{origin}, row {index}") for index, row in enumerate(hub_rows(hub))]
+
+
 def _hub_texts(hub: Mapping[str, Any]) -> list[str]:
     field = hub.get("field", "text")
-    return [str(row[field]) for row in hub_rows(hub) if str(row[field]).strip()]
+    return [value for value in (text(row, field) for row in hub_records(hub)) if value.strip()]

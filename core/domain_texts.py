@@ -7,15 +7,15 @@ calibration data are excluded here: PubMedQA's official test ids and MedQuAD's p
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from core.checks import as_int
-from core.data import data_path, read_jsonl
+from core.data import data_path
 from core.errors import ConfigError
-from core.files import read_json
+from core.formats import passage, pubmedqa_answers, pubmedqa_items, read_jsonl, rqe_pairs, text
+from core.items import BILLSUM_FIELDS, CASEHOLD_FIELDS, MEQSUM_FIELDS, item
 
 
 def _clean(text: str) -> str:
@@ -25,16 +25,18 @@ def _clean(text: str) -> str:
 
 
 # --- templates: one training item -> one natural text ------------------------------------------
+# Each reads its row with the dataset's layout (core/items.py) or typed reads (core/formats.py),
+# as the evaluation reads the dataset's test rows.
 
-def pubmedqa_text(item: Mapping[str, Any]) -> str:
-    context = " ".join(item["CONTEXTS"])
-    return (f"Context: {_clean(context)}\nQuestion: {_clean(item['QUESTION'])}\n"
-            f"The answer is {item['final_decision']}. {_clean(item['LONG_ANSWER'])}")
+def pubmedqa_text(entry: Mapping[str, Any]) -> str:
+    return (f"Context: {_clean(passage(entry, 'CONTEXTS'))}\nQuestion: {_clean(text(entry, 'QUESTION'))}\n"
+            f"The answer is {text(entry, 'final_decision')}. {_clean(text(entry, 'LONG_ANSWER'))}")
 
 
 def meqsum_text(row: Mapping[str, Any]) -> str:
-    return (f"A patient asks: {_clean(row['CHQ'])}\n"
-            f"In short, the patient's question is: {_clean(row['Summary'])}")
+    pair = item("summary", row, MEQSUM_FIELDS)
+    return (f"A patient asks: {_clean(pair['source'])}\n"
+            f"In short, the patient's question is: {_clean(pair['summary'])}")
 
 
 def rqe_text(chq: str, faq: str, entails: bool) -> str:
@@ -44,40 +46,37 @@ def rqe_text(chq: str, faq: str, entails: bool) -> str:
 
 
 def medquad_text(row: Mapping[str, Any]) -> str:
-    return f"Question: {_clean(row['question'])}\nAnswer: {_clean(row['answer'])}"
+    return f"Question: {_clean(text(row, 'question'))}\nAnswer: {_clean(text(row, 'answer'))}"
 
 
 def casehold_text(row: Mapping[str, Any]) -> str:
     """The citing passage with its correct holding written in place of the <HOLDING> mark."""
-    holding = row[f"holding_{int(row['label'])}"]
-    return _clean(row["citing_prompt"]).replace("<HOLDING>", f"({_clean(holding)})", 1)
+    case = item("choice", row, CASEHOLD_FIELDS)
+    holding = case["choices"][case["label"]]
+    return _clean(case["prompt"]).replace("<HOLDING>", f"({_clean(holding)})", 1)
 
 
 def billsum_text(row: Mapping[str, Any]) -> str:
-    return (f"The text of a bill follows. {_clean(row['source'])}\n"
-            f"Summary of the bill: {_clean(row['summary'])}")
+    bill = item("summary", row, BILLSUM_FIELDS)
+    return (f"The text of a bill follows. {_clean(bill['source'])}\n"
+            f"Summary of the bill: {_clean(bill['summary'])}")
 
 
-# --- readers: one source spec -> its rendered texts --------------------------------------------
+# --- sources: one source spec -> its rendered texts --------------------------------------------
 
 def _pubmedqa(spec: Mapping[str, Any], root: Path) -> list[str]:
     """PQA-L items whose id is not in the official test split (`exclude_ids`)."""
-    items = read_json(data_path(root, spec["path"]), "an object id -> {QUESTION, CONTEXTS, ...}")
-    test = set(read_json(data_path(root, spec["exclude_ids"]), "an object id -> yes/no/maybe"))
-    return [pubmedqa_text(item) for key, item in items.items() if key not in test]
+    entries = pubmedqa_items(data_path(root, spec["path"]))
+    test = pubmedqa_answers(data_path(root, spec["exclude_ids"]))
+    return [pubmedqa_text(entry) for key, entry in entries.items() if key not in test]
 
 
 def _meqsum(spec: Mapping[str, Any], root: Path) -> list[str]:
-    return [meqsum_text(row) for row in read_jsonl(data_path(root, spec["path"]), ["CHQ", "Summary"])]
+    return [meqsum_text(row) for row in read_jsonl(data_path(root, spec["path"]))]
 
 
 def _rqe(spec: Mapping[str, Any], root: Path) -> list[str]:
-    path = data_path(root, spec["path"])
-    try:
-        pairs = ET.parse(path).getroot().iter("pair")
-    except ET.ParseError as err:
-        raise ConfigError(f"{path} is not valid RQE XML ({err})") from err
-    return [rqe_text(p.findtext("chq", ""), p.findtext("faq", ""), p.get("value") == "true") for p in pairs]
+    return [rqe_text(pair.chq, pair.faq, pair.entails) for pair in rqe_pairs(data_path(root, spec["path"]))]
 
 
 def _medquad(spec: Mapping[str, Any], root: Path) -> list[str]:
@@ -86,21 +85,20 @@ def _medquad(spec: Mapping[str, Any], root: Path) -> list[str]:
     every = int(spec["skip_every"])
     if every < 1:
         raise ConfigError(f"medquad skip_every={every} must be >= 1 (the perplexity slice's `every`)")
-    held_out = {row["answer"] for row in rows[::every]}
+    held_out = {text(row, "answer") for row in rows[::every]}
     return [medquad_text(row) for index, row in enumerate(rows)
-            if index % every and row["answer"] not in held_out]
+            if index % every and text(row, "answer") not in held_out]
 
 
 def _casehold(spec: Mapping[str, Any], root: Path) -> list[str]:
-    fields = ["citing_prompt", "label", *(f"holding_{i}" for i in range(5))]
-    return [casehold_text(row) for row in read_jsonl(data_path(root, spec["path"]), fields)]
+    return [casehold_text(row) for row in read_jsonl(data_path(root, spec["path"]))]
 
 
 def _billsum(spec: Mapping[str, Any], root: Path) -> list[str]:
-    return [billsum_text(row) for row in read_jsonl(data_path(root, spec["path"]), ["source", "summary"])]
+    return [billsum_text(row) for row in read_jsonl(data_path(root, spec["path"]))]
 
 
-READERS: dict[str, Callable[[Mapping[str, Any], Path], list[str]]] = {
+CALIB_FORMATS: dict[str, Callable[[Mapping[str, Any], Path], list[str]]] = {  # domain.calib.sources.*.format
     "pubmedqa": _pubmedqa, "meqsum": _meqsum, "rqe": _rqe, "medquad": _medquad,
     "casehold": _casehold, "billsum": _billsum,
 }
@@ -120,11 +118,11 @@ def domain_texts(calib_cfg: Mapping[str, Any], data_root: Path) -> list[str]:
         raise ConfigError("domain.calib.sources is empty; the domain has no calibration texts")
     texts: list[str] = []
     for name, spec in sources.items():
-        reader = READERS.get(spec.get("format", name))
-        if reader is None:
+        render = CALIB_FORMATS.get(spec.get("format", name))
+        if render is None:
             raise ConfigError(f"domain.calib.sources.{name}.format={spec.get('format')!r}; "
-                              f"choose one of {sorted(READERS)}")
-        found = reader(spec, data_root)
+                              f"choose one of {sorted(CALIB_FORMATS)}")
+        found = render(spec, data_root)
         if not any(text.strip() for text in found):
             raise ConfigError(f"domain.calib.sources.{name}: {spec.get('path')} has no items")
         limit = spec.get("limit")  # 0 leaves the source out

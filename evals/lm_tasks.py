@@ -1,10 +1,11 @@
 """The domain tasks (QA, NLI, summarization) through lm-eval, on the in-memory model.
 
-Tasks are the YAMLs in evals/tasks; their data paths are decided at run time (the domain config,
-resolved against the data root) and reach the YAMLs' dataset hooks as lm-eval task metadata.
-Each task runs on its own so that it gets its own item limit, generation length and wall time.
-A user's own task (one with a `kind`, evals/tasks/kinds.py) runs as the YAML of the built-in task
-it is like, under its own name and with its own docs: same prompt, choices, metrics and version.
+Tasks are the YAMLs in evals/tasks, each declaring itself (evals/tasks/declarations.py); their
+data paths are decided at run time (the domain config, resolved against the data root) and reach
+the YAMLs' dataset hooks as lm-eval task metadata. Each task runs on its own so that it gets its
+own item limit, generation length and wall time. A user's own task (one with a `kind`,
+evals/tasks/user_tasks.py) runs as the YAML of the declared task it is like, under its own name
+and with its own docs: same prompt, choices, metrics and version.
 The model runs inside lm-eval as evals/prefix_lm.PrefixSharingLM."""
 
 from __future__ import annotations
@@ -26,17 +27,13 @@ from transformers import PreTrainedModel
 from core.checks import as_int
 from core.data import data_path
 from core.errors import ConfigError
+from core.items import TASK_KINDS
 from evals.prefix_lm import PrefixSharingLM
-from evals.tasks.kinds import KINDS, user_source
-from evals.tasks.readers import read_task
+from evals.tasks.declarations import TASKS_DIR, read_task, task_declarations
+from evals.tasks.user_tasks import user_source
 from evals.tasks.utils import first_line, task_docs
 
 log = logging.getLogger(__name__)
-
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-DOMAIN_OF = {"pubmedqa": "healthcare", "rqe": "healthcare", "mednli": "healthcare", "hqs": "healthcare",
-             "casehold": "legal", "billsum": "legal"}
-FILE_KEYS = {"pubmedqa": ("path", "split")}  # spec keys that name files (default: just `path`)
 
 
 @dataclass
@@ -61,7 +58,7 @@ class TaskSettings:
 
     def of(self, name: str, source: Mapping[str, Any]) -> tuple[int | None, int | None]:
         """Limit and max_new_tokens of a task; a user task without its own entries takes those of
-        the built-in task it is like (so a preset bounds it as it bounds that task)."""
+        the declared task it is like (so a preset bounds it as it bounds that task)."""
         like = source.get("like", name)
         limit = self.limit[name] if name in self.limit else self.limit.get(like)
         return limit, self.max_new_tokens.get(name, self.max_new_tokens.get(like))
@@ -79,8 +76,8 @@ def _per_task(cfg: Mapping[str, Any], key: str, known: list[str]) -> dict[str, A
 
 def task_settings(cfg: Mapping[str, Any], tasks: Iterable[str] = ()) -> TaskSettings:
     """Typed `eval.tasks`: batch_size >= 1, each limit null or >= 1, each max_new_tokens >= 1, and
-    only names of built-in tasks or of `tasks` (the domain's) as keys, so a typo fails in one line."""
-    known = sorted({*DOMAIN_OF, *map(str, tasks)})
+    only names of declared tasks or of `tasks` (the domain's) as keys, so a typo fails in one line."""
+    known = sorted({*task_declarations(), *map(str, tasks)})
     limits = _per_task(cfg, "limit", known)
     new_tokens = _per_task(cfg, "max_new_tokens", known)
     return TaskSettings(
@@ -94,23 +91,24 @@ def task_settings(cfg: Mapping[str, Any], tasks: Iterable[str] = ()) -> TaskSett
 def task_sources(tasks_cfg: Mapping[str, Any], data_root: Path) -> dict[str, dict[str, Any]]:
     """The tasks to run, each with absolute paths (or its hub spec). A task whose `path` is null
     and has no `hub` (MedNLI unless the user gives their copy) is skipped. A task with a `kind`
-    is the user's own (evals/tasks/kinds.py) and may not take a built-in name."""
-    sources = {}
+    is the user's own (evals/tasks/user_tasks.py) and may not take a declared task's name."""
+    declared, sources = task_declarations(), {}
     for name, spec in (tasks_cfg or {}).items():
         if not isinstance(spec, Mapping | None):
             raise ConfigError(f"domain.tasks.{name}={spec!r} is not a task spec; give {{path: ...}} or "
-                              "{kind: ..., path: ..., fields: {...}} (README, 'Your own tasks')")
+                              "{kind: ..., path: ..., fields: {...}} (docs/evaluation.md, 'Your own tasks')")
         spec = dict(spec or {})
         if "kind" in spec:
-            if name in DOMAIN_OF:
+            if name in declared:
                 raise ConfigError(f"domain.tasks.{name} has a kind, but {name!r} is a built-in task; give "
-                                  f"your task its own name (built-in: {sorted(DOMAIN_OF)})")
+                                  f"your task its own name (built-in: {sorted(declared)})")
             sources[name] = user_source(name, spec, data_root)
             continue
-        if name not in DOMAIN_OF:
-            raise ConfigError(f"unknown task {name!r} under domain.tasks; known: {sorted(DOMAIN_OF)}, or a "
-                              f"task of your own with kind: {'|'.join(KINDS)} (README, 'Your own tasks')")
-        keys = FILE_KEYS.get(name, ("path",))
+        if name not in declared:
+            raise ConfigError(f"unknown task {name!r} under domain.tasks; known: {sorted(declared)}, or a "
+                              f"task of your own with kind: {'|'.join(TASK_KINDS)} "
+                              "(docs/evaluation.md, 'Your own tasks')")
+        keys = declared[name].reader.file_keys
         if spec.get("hub"):  # a hub set, optionally restricted by a local id file (PubMedQA's split)
             sources[name] = {"hub": dict(spec["hub"])}
             keys = tuple(key for key in keys if key != "path" and spec.get(key))
@@ -147,11 +145,11 @@ _TaskYaml.add_constructor("!function", _function)
 
 
 def lm_eval_spec(name: str, source: Mapping[str, Any]) -> str | dict[str, Any]:
-    """What lm-eval loads for a task: a built-in one by its YAML's name; a user task as the YAML of
-    the built-in task it is like (prompt, choices, metrics, version) under its own name and docs."""
+    """What lm-eval loads for a task: a declared one by its YAML's name; a user task as the YAML of
+    the declared task it is like (prompt, choices, metrics, version) under its own name and docs."""
     if "kind" not in source:
         return f"dpb_{name}"
-    config = yaml.load((TASKS_DIR / f"{source['like']}.yaml").read_text(encoding="utf-8"), Loader=_TaskYaml)
+    config = yaml.load(task_declarations()[source["like"]].path.read_text(encoding="utf-8"), Loader=_TaskYaml)
     return {**config, "task": f"dpb_{name}", "custom_dataset": task_docs(name)}
 
 
@@ -233,7 +231,7 @@ def evaluate_domain_tasks(model: PreTrainedModel, tokenizer: Any, tasks_cfg: Map
     """Run every configured task of a domain (`domain.tasks`) under the eval preset's `tasks`
     block (`limit` and `max_new_tokens` per task, `batch_size` for generation and, without
     prompt sharing, for lm-eval's log-likelihood batches). Metrics are keyed by `domain` (the
-    domain's name; built-in tasks default to their own domain, user tasks need it)."""
+    domain's name; declared tasks default to their own domain, user tasks need it)."""
     sources = task_sources(tasks_cfg, data_root)
     settings = task_settings(limits_cfg, tasks_cfg or {})
     result = TaskResults()
@@ -243,8 +241,8 @@ def evaluate_domain_tasks(model: PreTrainedModel, tokenizer: Any, tasks_cfg: Map
         manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
                               metadata={"sources": sources})
         for name, source in sources.items():
-            if domain is None and name not in DOMAIN_OF:
+            if domain is None and "kind" in source:
                 raise ValueError(f"user task {name!r}: evaluate_domain_tasks needs the domain's name")
-            key = f"{domain or DOMAIN_OF[name]}/{name}"
+            key = f"{domain or task_declarations()[name].domain}/{name}"
             _run_task(name, source, key, lm, manager, settings, result)
     return result

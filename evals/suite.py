@@ -32,7 +32,7 @@ class EvalResult:
 def check_eval_settings(eval_cfg: Mapping[str, Any], context: int | None,
                         domain: Mapping[str, Any] | None = None) -> None:
     """Every `eval` setting typed and in range before the model loads (`context`: the model's
-    max positions, None when unknown). Per-task keys must name built-in tasks or, given the
+    max positions, None when unknown). Per-task keys must name declared tasks or, given the
     `domain` config, its tasks (a user task's limit lives under its own name)."""
     perplexity_settings(eval_cfg.get("perplexity") or {}, context)
     task_settings(eval_cfg.get("tasks") or {}, ((domain or {}).get("tasks") or {}).keys())

@@ -23,15 +23,15 @@ PARENTHESES = re.compile(r"\([^()]*\)")
 
 def kind_roles() -> dict[str, tuple[str, ...]]:
     """The roles each kind of user task maps onto a file's fields: the one place this test reads them."""
-    from evals.tasks.kinds import KINDS
-    return {name: tuple(kind.roles) for name, kind in KINDS.items()}
+    from core.items import TASK_KINDS
+    return {name: tuple(kind.roles) for name, kind in TASK_KINDS.items()}
 
 
 def builtin_task_fields() -> dict[str, set[str]]:
     """The file fields each built-in JSON-lines task reads: the one place this test reads them."""
-    from evals.tasks import readers
-    mappings = {"mednli": readers.MEDNLI_FIELDS, "hqs": readers.HQS_FIELDS,
-                "casehold": readers.CASEHOLD_FIELDS, "billsum": readers.BILLSUM_FIELDS}
+    from core import items
+    mappings = {"mednli": items.MEDNLI_FIELDS, "hqs": items.MEQSUM_FIELDS,
+                "casehold": items.CASEHOLD_FIELDS, "billsum": items.BILLSUM_FIELDS}
     flat = {task: [[value] if isinstance(value, str) else value for value in fields.values()]
             for task, fields in mappings.items()}
     return {task: {name for names in values for name in names} for task, values in flat.items()}

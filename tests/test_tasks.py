@@ -17,9 +17,12 @@ from transformers import AutoTokenizer
 from core.data import PROJECT_ROOT, resolve_data_root
 from core.errors import ConfigError
 from core.gguf_wheels import converted_dir
+from core.items import TASK_KINDS
 from core.models import load_model
 from evals.lm_tasks import TASKS_DIR, check_tasks, evaluate_domain_tasks, task_sources
 from evals.prefix_lm import FirstLineDone, PrefixSharingLM
+from evals.tasks import declarations, utils
+from evals.tasks.declarations import task_declarations, templates
 from evals.tasks.utils import first_line
 
 CONF = PROJECT_ROOT / "conf"
@@ -145,6 +148,60 @@ def test_check_tasks_names_missing_and_malformed_files(root, tmp_path):
         check_tasks({"casehold": {"path": str(bad)}}, root)
     with pytest.raises(ConfigError, match="unknown task 'medqa'"):
         check_tasks({"medqa": {"path": "x"}}, root)
+
+
+def test_each_declared_task_is_listed_by_its_domain_and_reads_as_its_kind(manager):
+    declared = task_declarations()
+    assert sorted(declared) == sorted(path.stem for path in TASKS_DIR.glob("*.yaml"))
+    for name, task in declared.items():
+        assert name in domain_tasks(task.domain)
+        docs = manager.load([f"dpb_{name}"])["tasks"][f"dpb_{name}"].dataset["test"]
+        if task.kind:
+            assert set(docs.column_names) == {"id", *TASK_KINDS[task.kind].roles}
+    assert templates("summary") == ["billsum", "hqs"] and templates("nli") == ["mednli"]
+
+
+@pytest.fixture
+def tasks_dir(tmp_path, monkeypatch):
+    """A copy of the task YAMLs that declarations reads instead of the project's."""
+    for path in TASKS_DIR.glob("*.yaml"):
+        (tmp_path / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setattr(declarations, "TASKS_DIR", tmp_path)
+    task_declarations.cache_clear()
+    yield tmp_path
+    task_declarations.cache_clear()
+
+
+def test_a_new_task_is_one_yaml(tasks_dir, root):
+    """A YAML naming a known format is a task: declared, with its hook, and a template of its kind."""
+    yaml_text = (tasks_dir / "hqs.yaml").read_text(encoding="utf-8").replace("hqs", "meqsum_test")
+    (tasks_dir / "meqsum_test.yaml").write_text(yaml_text, encoding="utf-8")
+    assert task_declarations()["meqsum_test"].kind == "summary"
+    assert templates("summary") == ["billsum", "hqs", "meqsum_test"]
+    spec = {"path": str(root / "healthcare/hqs/mediqa2021_test.jsonl")}
+    docs = utils.meqsum_test_docs(sources={"meqsum_test": spec})["test"]
+    assert len(docs) == 100
+    assert docs[0]["summary"] == FIRST_PROMPTS["hqs"][2]  # hqs's first target: the same file, read alike
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda text: text, r"rqe2\.yaml: a task YAML is named after its task: task: dpb_rqe2"),
+    (lambda text: text.replace("dpb_rqe", "dpb_rqe2").replace("utils.rqe_docs", "utils.rqe2_docs")
+     .replace("format: rqe", "format: xml"), r"rqe2\.yaml: metadata\.format='xml'; choose one of"),
+    (lambda text: text.replace("dpb_rqe", "dpb_rqe2").replace("utils.rqe_docs", "utils.rqe2_docs")
+     .replace("  domain: healthcare\n", ""), r"rqe2\.yaml: metadata\.domain=None"),
+])
+def test_a_bad_declaration_names_its_yaml(tasks_dir, edit, message):
+    (tasks_dir / "rqe2.yaml").write_text(edit((tasks_dir / "rqe.yaml").read_text(encoding="utf-8")))
+    with pytest.raises(ConfigError, match=message):
+        task_declarations()
+
+
+def test_each_kind_has_one_default_template(tasks_dir):
+    hqs = tasks_dir / "hqs.yaml"
+    hqs.write_text(hqs.read_text(encoding="utf-8") + "  like_default: true\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"the summary tasks .* mark \['billsum', 'hqs'\] like_default"):
+        task_declarations()
 
 
 def test_first_line():

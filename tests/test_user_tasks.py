@@ -14,12 +14,12 @@ from omegaconf import OmegaConf
 
 from core.data import PROJECT_ROOT, resolve_data_root
 from core.errors import ConfigError
+from core.items import NLI_LABELS
 from core.models import load_model
 from evals.lm_tasks import TASKS_DIR, check_tasks, evaluate_domain_tasks, lm_eval_spec, task_sources
 from evals.perplexity import perplexity_settings, strided_perplexity
 from evals.suite import check_eval_inputs, check_eval_settings
-from evals.tasks.kinds import NLI_LABELS
-from evals.tasks.readers import read_task
+from evals.tasks.declarations import read_task
 
 CONF = PROJECT_ROOT / "conf"
 CLAIMS = ("{kind: nli, path: PATH, fields: {premise: context, hypothesis: statement, label: verdict}, "

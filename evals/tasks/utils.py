@@ -1,5 +1,6 @@
-"""lm-eval hooks named by the task YAMLs: datasets built from the injected source specs, and
-`process_results` for the choice and summarization tasks. lm-eval imports this file by path."""
+"""lm-eval hooks named by the task YAMLs: the dataset of each declared task (`utils.<task>_docs`)
+built from the injected source specs, and `process_results` for the choice and summarization
+tasks. lm-eval imports this file by path."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import datasets
 
 from evals.metrics import macro_f1, rouge
-from evals.tasks.readers import read_task
+from evals.tasks.declarations import read_task, task_declarations
 
 
 def task_docs(task: str) -> Callable[..., datasets.DatasetDict]:
@@ -25,12 +26,12 @@ def task_docs(task: str) -> Callable[..., datasets.DatasetDict]:
     return hook
 
 
-pubmedqa_docs = task_docs("pubmedqa")
-rqe_docs = task_docs("rqe")
-mednli_docs = task_docs("mednli")
-hqs_docs = task_docs("hqs")
-casehold_docs = task_docs("casehold")
-billsum_docs = task_docs("billsum")
+def __getattr__(attr: str) -> Callable[..., datasets.DatasetDict]:
+    """`<task>_docs`, the dataset hook a task YAML names, for every declared task."""
+    task = attr.removesuffix("_docs")
+    if task != attr and task in task_declarations():
+        return task_docs(task)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 def _choice_result(gold: int, scores: list[float]) -> dict[str, Any]:
