@@ -35,7 +35,7 @@ from pruners.pattern import Pattern
 from pruners.scores import ColumnSquares, wanda_score
 from pruners.settings import DriverSettings
 
-KINDS = ("uniform", "owl")
+ALLOCATION_KINDS = ("uniform", "owl")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Allocation:
     lambda_: float = 0.08  # layer sparsities stay within target +- lambda_
 
     def __post_init__(self) -> None:
-        choice("allocation", self.kind, KINDS)
+        choice("allocation", self.kind, ALLOCATION_KINDS)
         object.__setattr__(self, "threshold", as_float("owl.threshold", self.threshold, 0.0, open_low=True))
         object.__setattr__(self, "lambda_", as_float("owl.lambda_", self.lambda_, 0.0, 1.0, open_high=True))
 

@@ -10,7 +10,7 @@ import torch
 from core.errors import ConfigError
 from pruners.pattern import Pattern
 
-GROUPS = ("matrix", "row", "block")
+MASK_GROUPS = ("matrix", "row", "block")
 
 
 def prune_count(n: int, sparsity: float) -> int:
@@ -57,7 +57,7 @@ def unstructured_mask(score: torch.Tensor, sparsity: float, group: str = "matrix
             part = score[:, start : start + block]
             keep[:, start : start + block] = unstructured_mask(part, sparsity, "matrix")
         return keep
-    raise ConfigError(f"mask group {group!r} is not valid; choose one of {GROUPS}")
+    raise ConfigError(f"mask group {group!r} is not valid; choose one of {MASK_GROUPS}")
 
 
 def select_mask(score: torch.Tensor, sparsity: float, pattern: Pattern | None = None,

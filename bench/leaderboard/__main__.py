@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.leaderboard import plots
-from bench.leaderboard.cells import Cell, read_cells
+from bench.leaderboard.cells import RecordCell, read_cells
 from bench.leaderboard.compare import Comparisons
 from bench.leaderboard.csv_table import csv_text
 from bench.leaderboard.render import html_page, markdown
@@ -39,7 +39,7 @@ from core.files import write_atomic
 CACHE = Path(os.environ.get("DPB_CACHE_DIR", "~/.cache/dpruner-bench")) / "paired-differences.json"
 
 
-def entries(cells: Iterable[Cell]) -> list[plots.Entry]:
+def entries(cells: Iterable[RecordCell]) -> list[plots.Entry]:
     """The (labelled) cells as the plots see them: one point per table row, the mean over its
     seeds, with the intervals as error bars."""
     out = []
@@ -52,7 +52,7 @@ def entries(cells: Iterable[Cell]) -> list[plots.Entry]:
     return out
 
 
-def allocations(cells: Iterable[Cell]) -> list[plots.LayerAllocation]:
+def allocations(cells: Iterable[RecordCell]) -> list[plots.LayerAllocation]:
     """The distinct OWL allocations among the cells (records before OWL have none)."""
     found: dict[tuple, plots.LayerAllocation] = {}
     for c in cells:
@@ -80,10 +80,10 @@ def domain_plots(suite: Suite, out: Path) -> list[Path]:
     return [p for p in made if p is not None]
 
 
-def _masks(cells: Sequence[Cell]) -> tuple[dict[tuple, list[tuple[Cell, Path]]], int]:
+def _masks(cells: Sequence[RecordCell]) -> tuple[dict[tuple, list[tuple[RecordCell, Path]]], int]:
     """The pruned cells with a mask file, by model, eval preset, sparsity and pattern; and how
     many name a mask file that is absent (e.g. records copied without masks)."""
-    groups: dict[tuple, list[tuple[Cell, Path]]] = defaultdict(list)
+    groups: dict[tuple, list[tuple[RecordCell, Path]]] = defaultdict(list)
     absent = 0
     for c in cells:
         name = c.record.get("masks")
@@ -96,7 +96,7 @@ def _masks(cells: Sequence[Cell]) -> tuple[dict[tuple, list[tuple[Cell, Path]]],
     return groups, absent
 
 
-def similarity_plots(cells: Sequence[Cell], out: Path) -> list[Path]:
+def similarity_plots(cells: Sequence[RecordCell], out: Path) -> list[Path]:
     """(c) one heatmap per model, eval preset, sparsity and pattern, over methods and domains (and
     seeds, each its own mask); cells whose mask file is absent are left out."""
     groups, absent = _masks(cells)
@@ -118,7 +118,7 @@ def similarity_plots(cells: Sequence[Cell], out: Path) -> list[Path]:
     return made
 
 
-def write(cells: Sequence[Cell], out: Path, header: str, vs_dense: bool = False,
+def write(cells: Sequence[RecordCell], out: Path, header: str, vs_dense: bool = False,
           compare: Comparisons | None = None) -> tuple[dict[str, str], list[Path]]:
     """Write every file; returns ({domain: CSV text}, all plot paths)."""
     cells = label_cells(cells)

@@ -1,6 +1,6 @@
 """Finished cell records as the leaderboard reads them: each record checked (a record it cannot
 use is named with the reason and skipped, never a crash or a silent skew), placed on the
-leaderboard's axes as a Cell, with its intervals and per-item evidence where it has them."""
+leaderboard's axes as a RecordCell, with its intervals and per-item evidence where it has them."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def direction(metric: str) -> int:
 
 
 @dataclass(frozen=True)
-class Cell:
+class RecordCell:
     """One finished record, placed on the leaderboard's axes."""
 
     path: Path
@@ -204,17 +204,17 @@ def check_record(record: dict[str, Any]) -> None:
         raise UnusableRecord(f"masks is {reprlib.repr(record['masks'])}, not a file name")
 
 
-def to_cell(path: Path, record: dict[str, Any]) -> Cell:
+def to_cell(path: Path, record: dict[str, Any]) -> RecordCell:
     """A record on the leaderboard's axes; raises UnusableRecord (see `check_record`)."""
     check_record(record)
     cell = record["cell"]
-    return Cell(path=path, record=record, model=cell["model"], eval=cell["eval"], domain=cell["domain"],
+    return RecordCell(path=path, record=record, model=cell["model"], eval=cell["eval"], domain=cell["domain"],
                 method=cell["pruner"], sparsity=float(cell["sparsity"]), pattern=cell["pattern"],
                 calib=cell.get("calib") or "general")
 
 
-def read_cells(results_dir: Path) -> tuple[list[Cell], list[str]]:
-    """Every usable record as a Cell, and a `skipped <path>: <why>` line for each record that
+def read_cells(results_dir: Path) -> tuple[list[RecordCell], list[str]]:
+    """Every usable record as a RecordCell, and a `skipped <path>: <why>` line for each record that
     is not (unreadable, unfinished or failing `check_record`), for the caller to show."""
     cells, skipped = [], []
     for path, record in iter_records(results_dir):

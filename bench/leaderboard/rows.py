@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from bench.leaderboard.cells import Cell
+from bench.leaderboard.cells import RecordCell
 from bench.leaderboard.seeds import Estimate, Group
 
 
@@ -49,7 +49,7 @@ class Suite:
     model: str
     eval: str
     domain: str
-    cells: list[Cell]
+    cells: list[RecordCell]
     groups: list[Group]
     blocks: list[Block]
     notes: list[str] = field(default_factory=list)

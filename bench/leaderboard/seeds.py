@@ -18,7 +18,7 @@ from functools import cached_property
 import numpy as np
 from scipy import stats
 
-from bench.leaderboard.cells import COST, Cell
+from bench.leaderboard.cells import COST, RecordCell
 from bench.results.evidence import Evidence
 from bench.results.records import finite
 from core.uncertainty import LEVEL
@@ -70,10 +70,10 @@ def combine(values: Sequence[float], intervals: Sequence[tuple[float, float] | N
 class Group:
     """The cells of one table row: the same cell but for its seed, in order of seed."""
 
-    cells: tuple[Cell, ...]
+    cells: tuple[RecordCell, ...]
 
     @property
-    def first(self) -> Cell:
+    def first(self) -> RecordCell:
         return self.cells[0]
 
     @property
@@ -111,10 +111,10 @@ class Group:
         return None if any(e is None for e in found) else found
 
 
-def group_cells(cells: Iterable[Cell]) -> list[Group]:
+def group_cells(cells: Iterable[RecordCell]) -> list[Group]:
     """Labelled cells (table.label_cells gives cells that differ only by seed one label, and
     any others apart) folded into Groups, in the order their first cell comes."""
-    groups: dict[tuple, list[Cell]] = defaultdict(list)
+    groups: dict[tuple, list[RecordCell]] = defaultdict(list)
     for c in cells:
         groups[(c.suite, c.domain, c.setting, c.method, c.label)].append(c)
     return [Group(tuple(sorted(found, key=lambda c: (c.seed is None, c.seed or 0))))

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from bench.leaderboard.cells import COST, Cell
+from bench.leaderboard.cells import COST, RecordCell
 from bench.leaderboard.compare import Comparisons, differences_to_dense, mark_best
 from bench.leaderboard.rows import Block, Row, Suite
 from bench.leaderboard.seeds import Group, group_cells
@@ -32,13 +32,13 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _config(cell: Cell, leave_out: tuple[str, ...]) -> dict[str, Any]:
+def _config(cell: RecordCell, leave_out: tuple[str, ...]) -> dict[str, Any]:
     """The cell's config as flat `a.b` keys, without the seed and the settings left out."""
     flat = _flatten(cell.record.get("config", {}))
     return {k: v for k, v in flat.items() if k != "seed" and not k.startswith(leave_out)}
 
 
-def _variants(cells: Sequence[Cell]) -> list[str]:
+def _variants(cells: Sequence[RecordCell]) -> list[str]:
     """For cells that share a table row (e.g. an ablation next to the default), the config
     values that tell them apart, as `key=value` text."""
     if len(cells) == 1:
@@ -67,10 +67,10 @@ def _variants(cells: Sequence[Cell]) -> list[str]:
     return short
 
 
-def _replicates(cells: Sequence[Cell]) -> list[list[Cell]]:
+def _replicates(cells: Sequence[RecordCell]) -> list[list[RecordCell]]:
     """The cells that differ only by seed, together (one seed each: a repeated seed with the same
     config is another computation, e.g. of edited data, and gets a row of its own)."""
-    sets: dict[str, list[list[Cell]]] = defaultdict(list)
+    sets: dict[str, list[list[RecordCell]]] = defaultdict(list)
     for c in cells:
         runs = sets[repr(sorted(_config(c, KEYLESS).items()))]
         free = next((run for run in runs if all(other.seed != c.seed for other in run)), None)
@@ -81,12 +81,12 @@ def _replicates(cells: Sequence[Cell]) -> list[list[Cell]]:
     return [run for runs in sets.values() for run in runs]
 
 
-def label_cells(cells: Iterable[Cell]) -> list[Cell]:
+def label_cells(cells: Iterable[RecordCell]) -> list[RecordCell]:
     """Row labels: the method, `· calib=<x>` when not general, `· owl` for OWL's layer-wise
     sparsity, `· reconstruct=<x>` for D-Pruner with reconstruction, `(differing config)` for
     several cells that would otherwise share one row; cells that differ only by seed share
     their label (and so their row, see seeds.group_cells)."""
-    rows: dict[tuple, list[Cell]] = defaultdict(list)
+    rows: dict[tuple, list[RecordCell]] = defaultdict(list)
     for c in cells:
         rows[(c.suite, c.domain, c.setting, c.method, c.allocation, c.reconstruct)].append(c)
     labelled = []
@@ -139,7 +139,7 @@ def _block(setting: tuple[float, str, str], references: list[Group], methods: li
     return Block(f"sparsity {sparsity:g} · {pattern}{suffix}", rows, columns)
 
 
-def build_suite(cells: list[Cell], domain: str, compare: Comparisons, vs_dense: bool = False) -> Suite:
+def build_suite(cells: list[RecordCell], domain: str, compare: Comparisons, vs_dense: bool = False) -> Suite:
     """The blocks of one suite, marked (and with differences to dense when asked), and its notes."""
     model, eval_name = cells[0].suite
     metrics = {m for c in cells for m in c.record["metrics"] if m.split("/")[0] in (domain, "general")}
@@ -164,11 +164,11 @@ def build_suite(cells: list[Cell], domain: str, compare: Comparisons, vs_dense: 
     return Suite(model, eval_name, domain, cells, groups, blocks, suite_notes(groups, columns))
 
 
-def build(cells: Sequence[Cell], vs_dense: bool = False,
+def build(cells: Sequence[RecordCell], vs_dense: bool = False,
           compare: Comparisons | None = None) -> dict[str, list[Suite]]:
     """{domain: [one Suite per (model, eval preset)]}; `vs_dense` adds each pruned row's paired
     difference to dense; `compare` may bring stored differences (see Comparisons)."""
-    grouped: dict[tuple[str, str, str], list[Cell]] = defaultdict(list)
+    grouped: dict[tuple[str, str, str], list[RecordCell]] = defaultdict(list)
     for c in label_cells(cells):
         grouped[(c.domain, c.model, c.eval)].append(c)
     compare = compare or Comparisons()
