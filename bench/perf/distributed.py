@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.perf.worker import print_result
+from bench.perf.worker import bench_parser, print_result
 from core.files import write_atomic
 from core.paths import PROJECT_ROOT, project_path
 
@@ -123,10 +123,8 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
+    parser = bench_parser(MODULE, __doc__)
     parser.add_argument("--method", default="dpruner")
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--domain", default="legal")
     parser.add_argument("--processes", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--shard-rows", action="store_true",
                         help="run every N > 1 also with each rank loading only its rows")

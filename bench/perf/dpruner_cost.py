@@ -15,7 +15,7 @@ import platform
 import time
 from typing import Any
 
-from bench.perf.worker import print_result, run_worker
+from bench.perf.worker import bench_parser, print_result, run_worker
 from core.files import write_atomic
 from core.paths import project_path
 
@@ -87,9 +87,7 @@ def table(results: list[dict[str, Any]], model_name: str, domain: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Each method in a worker process of its own, one at a time; or, with --worker, one of them."""
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--domain", default="legal")
+    parser = bench_parser(MODULE, __doc__)
     parser.add_argument("--out", default="results/bench/dpruner_cost.md", help="relative to the project root")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)

@@ -10,7 +10,6 @@ after a kill resumes: the cells already in the output file are kept and skipped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -18,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench.perf.worker import bench_parser
 from core.files import write_atomic
 from core.paths import project_path
 
@@ -109,9 +109,7 @@ def run(model_name: str, domain: str, cells: list[str], out: Path, overrides: li
 
 def main(argv: list[str] | None = None) -> None:
     """Check the cell names, then run the sweep (resuming an interrupted one)."""
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--domain", default="legal")
+    parser = bench_parser(MODULE, __doc__)
     parser.add_argument("--cells", nargs="+", default=DEFAULT_CELLS,
                         help=f"{', '.join(FIXED)}, paper_<lambda>, anchor_<lambda>")
     parser.add_argument("--out", default=None, help="relative to the project root "

@@ -16,7 +16,6 @@ exactly lm-eval's tokens with exactly its contexts), where the two must agree to
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -26,6 +25,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from bench.perf.cell import compose_config
+from bench.perf.worker import bench_parser
 from core.files import write_atomic
 from core.paths import project_path
 
@@ -135,8 +135,7 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]], ppl: dict[str, 
 
 def main() -> None:
     """Measure, then write the report and its numbers (JSON) beside it."""
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m", help="a conf/model entry")
+    parser = bench_parser(MODULE, __doc__, domain=False)
     parser.add_argument("--preset", default="quick", help="a conf/eval entry (its `tasks` limits)")
     parser.add_argument("--domains", default="healthcare,legal")
     parser.add_argument("--tasks", default=None, help="comma-separated subset, e.g. rqe,casehold")

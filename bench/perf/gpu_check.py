@@ -11,7 +11,6 @@ Figures go to results/bench/gpu_check.md and .json (`--out`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -19,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.perf.worker import bench_parser
 from core.files import write_atomic
 from core.paths import project_path
 
@@ -87,12 +87,9 @@ def table(results: dict[str, dict[str, Any]], environment: dict[str, str]) -> st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf.gpu_check",
-                                     description=__doc__.split("\n")[0])
+    parser = bench_parser("bench.perf.gpu_check", __doc__)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--domain", default="legal")
     parser.add_argument("--series", default=",".join(SERIES),
                         help=f"comma-separated, of: {', '.join(SERIES)}")
     parser.add_argument("--out", default="results/bench/gpu_check.md")

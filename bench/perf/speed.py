@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.perf.worker import print_result, run_worker
+from bench.perf.worker import bench_parser, print_result, run_worker
 from core.files import write_atomic
 from core.paths import project_path
 
@@ -72,8 +72,7 @@ def table(rows: list[dict[str, Any]], forward_s: float) -> str:
 
 def main() -> None:
     """The forward pass, then each method, one worker process each; or, with --worker, one of them."""
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser = bench_parser(MODULE, __doc__, domain=False)
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)

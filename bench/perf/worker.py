@@ -5,6 +5,7 @@ stdout (anything printed before it is ignored)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import subprocess
@@ -12,7 +13,25 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.paths import PROJECT_ROOT
+import yaml
+
+from core.paths import CONF_DIR, PROJECT_ROOT
+
+
+def default_choice(group: str) -> str:
+    """The option conf/config.yaml's defaults list picks for `group` (the default cell's model)."""
+    defaults = yaml.safe_load((CONF_DIR / "config.yaml").read_text(encoding="utf-8"))["defaults"]
+    return next(entry[group] for entry in defaults if isinstance(entry, dict) and group in entry)
+
+
+def bench_parser(module: str, doc: str | None, domain: bool = True) -> argparse.ArgumentParser:
+    """A benchmark's command line, with the options benchmarks share: `--model` (a conf/model
+    entry, the default cell's by default) and `--domain`."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").split("\n")[0])
+    parser.add_argument("--model", default=default_choice("model"), help="a conf/model entry")
+    if domain:
+        parser.add_argument("--domain", default=default_choice("domain"), help="a conf/domain entry")
+    return parser
 
 
 def run_worker(module: str, args: Sequence[str]) -> dict[str, Any]:
