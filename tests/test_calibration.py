@@ -76,9 +76,11 @@ def test_medquad_calibration_leaves_out_every_text_the_perplexity_scores(healthc
     slice_texts = load_texts(cfg.perplexity.medquad, ROOT)
     scored = set(slice_texts)
     rows = read_jsonl(ROOT / cfg.calib.sources.medquad.path)
-    rendered = [t for t in healthcare if t.startswith("Question: ")]
-    assert rendered == [medquad_text(row) for row in rows if row["answer"] not in scored]
+    kept = [row for row in rows if row["answer"] not in scored]
+    assert [t for t in healthcare if t.startswith("Question: ")] == [medquad_text(row) for row in kept]
     assert sum(row["answer"] in scored for row in rows) > len(slice_texts)  # repeats outside it exist
+    spaced = {" ".join(text.split()) for text in scored}
+    assert not any(" ".join(row["answer"].split()) in spaced for row in kept)  # nor spacing variants
 
 
 def test_no_item_of_any_test_split(healthcare, legal):
