@@ -1,8 +1,11 @@
-"""Shared fixtures: offline environment, tiny random models of several families."""
+"""Shared fixtures: offline environment, tiny random models of several families, and run.py
+watched from outside (what each process loaded and evaluated)."""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -52,3 +55,61 @@ def make_tiny():
 def calib_ids() -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     return torch.randint(0, VOCAB, (6, 24), generator=generator)
+
+
+# run.py with its model loading and evaluation watched, nothing in it changed: each process
+# writes $DPB_TEST_PROBE/<loaded|evaluated>-<rank>.json with the device_map it asked
+# transformers' from_pretrained for, accelerate's map on the model (hf_device_map), the devices
+# of its parameters, and [rows held, out_features] of every pruned matrix.
+PROBED_RUN = """
+import json, os, runpy, sys
+sys.path.insert(0, os.getcwd())
+import core.models, evals.suite
+from core.structure import model_linears
+from transformers import AutoModelForCausalLM
+
+requested = []
+real_from_pretrained, real_load, real_evaluate = (AutoModelForCausalLM.from_pretrained,
+                                                  core.models.load_model, evals.suite.evaluate)
+
+def report(stage, model):
+    seen = {"requested_map": requested[-1] if requested else None,
+            "device_map": getattr(model, "hf_device_map", None),
+            "devices": sorted({str(p.device) for p in model.parameters()}),
+            "rows": {n: [m.weight.shape[0], m.out_features] for n, m in model_linears(model).items()}}
+    name = f"{stage}-{os.environ.get('RANK', '0')}.json"
+    with open(os.path.join(os.environ["DPB_TEST_PROBE"], name), "w") as handle:
+        json.dump(seen, handle)
+
+def from_pretrained(*args, **kwargs):
+    requested.append(kwargs.get("device_map"))
+    return real_from_pretrained(*args, **kwargs)
+
+def load_model(cfg):
+    model, tokenizer = real_load(cfg)
+    report("loaded", model)
+    return model, tokenizer
+
+def evaluate(model, *args, **kwargs):
+    report("evaluated", model)
+    return real_evaluate(model, *args, **kwargs)
+
+AutoModelForCausalLM.from_pretrained = from_pretrained
+core.models.load_model, evals.suite.evaluate = load_model, evaluate
+sys.argv = ["run.py", *sys.argv[1:]]
+runpy.run_path("run.py", run_name="__main__")
+"""
+
+
+def probed_run(folder: Path) -> tuple[Path, dict[str, str]]:
+    """(script to run in place of run.py, environment entries) for a run watched as PROBED_RUN
+    says, its reports written to `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "probed_run.py"
+    script.write_text(PROBED_RUN)
+    return script, {"DPB_TEST_PROBE": str(folder)}
+
+
+def probe_reports(folder: Path) -> dict[str, dict]:
+    """What a watched run's processes reported, by `<stage>-<rank>`."""
+    return {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}

@@ -20,8 +20,16 @@ from core.calibration import (
     mixed_windows,
     token_stream,
 )
-from core.data import read_jsonl, resolve_data_root
-from core.domain_texts import billsum_text, casehold_text, domain_texts, meqsum_text, pubmedqa_text, rqe_text
+from core.data import load_texts, read_jsonl, resolve_data_root
+from core.domain_texts import (
+    billsum_text,
+    casehold_text,
+    domain_texts,
+    medquad_text,
+    meqsum_text,
+    pubmedqa_text,
+    rqe_text,
+)
 from core.errors import ConfigError
 from core.models import load_tokenizer
 from core.paths import PROJECT_ROOT
@@ -61,17 +69,18 @@ def test_pubmedqa_uses_the_500_non_test_ids_only(healthcare):
     assert not any(pubmedqa_text(items[key]) in texts for key in test)
 
 
-def test_medquad_skips_the_perplexity_slice_and_its_repeated_answers(healthcare):
+def test_medquad_calibration_leaves_out_every_text_the_perplexity_scores(healthcare):
+    """The held-out slice is what the domain perplexity reads (through its own reader): no
+    calibration text answers with one of its texts, and every other row is kept, in order."""
     cfg = OmegaConf.load(PROJECT_ROOT / "conf/domain/healthcare.yaml")
-    every = cfg.perplexity.medquad.every
-    assert cfg.calib.sources.medquad.skip_every == every  # the two can never drift apart
-    rows = read_jsonl(ROOT / cfg.perplexity.medquad.path)
-    held_out = {row["answer"] for row in rows[::every]}
-    rendered = [t for t in healthcare if t.startswith("Question: ")]
-    expected = sum(1 for i, row in enumerate(rows) if i % every and row["answer"] not in held_out)
-    assert len(rendered) == expected < len(rows) - len(rows[::every])  # repeats really were dropped
-    cleaned = {" ".join(answer.split()) for answer in held_out}
-    assert not any(" ".join(t.split("\nAnswer: ", 1)[1].split()) in cleaned for t in rendered)
+    slice_texts = load_texts(cfg.perplexity.medquad, ROOT)
+    scored = set(slice_texts)
+    rows = read_jsonl(ROOT / cfg.calib.sources.medquad.path)
+    kept = [row for row in rows if row["answer"] not in scored]
+    assert [t for t in healthcare if t.startswith("Question: ")] == [medquad_text(row) for row in kept]
+    assert sum(row["answer"] in scored for row in rows) > len(slice_texts)  # repeats outside it exist
+    spaced = {" ".join(text.split()) for text in scored}
+    assert not any(" ".join(row["answer"].split()) in spaced for row in kept)  # nor spacing variants
 
 
 def test_no_item_of_any_test_split(healthcare, legal):

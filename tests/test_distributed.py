@@ -32,7 +32,7 @@ from pruners.dpruner.pruner import check_world
 from pruners.dpruner.reconstruct import reconstruct
 from pruners.dpruner.sharded import sharded_domain_importance
 from pruners.masks import select_mask
-from tests.conftest import VOCAB, tiny_model
+from tests.conftest import VOCAB, probe_reports, probed_run, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -238,9 +238,10 @@ def test_row_sharded_weights_prune_exactly_as_whole_ones(tmp_path: Path,
 
 @pytest.mark.slow
 def test_a_cell_on_row_sharded_processes_records_what_whole_loading_records(tmp_path: Path) -> None:
-    """run.py under torchrun, D-Pruner on a saved tiny LLaMA: each process loading its rows, with
-    rank 0's evaluation placed by `model.device_map=auto` (the CPU here), writes the same metrics
-    as every process loading the whole model."""
+    """run.py under torchrun, D-Pruner on a saved tiny LLaMA: with model.shard_rows each process
+    loads only its rows of every pruned matrix (FSDP's dim-0 cut), rank 0 alone evaluates the
+    gathered whole matrices, placed by `model.device_map=auto` (the CPU here); and it writes the
+    same metrics as every process loading the whole model."""
     saved = subprocess.run([sys.executable, "run.py", "model=tiny-llama", "pruner=dense", "eval=smoke",
                             "save_model=true", "logger=none", f"results.dir={tmp_path / 'saved'}"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -251,14 +252,26 @@ def test_a_cell_on_row_sharded_processes_records_what_whole_loading_records(tmp_
             "pruner.domain_calib.seqlen=32", "calib.nsamples=2", "calib.seqlen=32", "pruner.cache_dir=null",
             "eval=smoke", "logger=none", "driver.progress=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    records = {}
+    records, seen = {}, {}
     for how, extra in (("whole", []), ("rows", ["model.shard_rows=true", "model.device_map=auto"])):
+        script, watched = probed_run(tmp_path / f"{how}-probe")
         args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                f"--master_port={free_port()}", "run.py", *cell, *extra, f"results.dir={tmp_path / how}"]
-        done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+                f"--master_port={free_port()}", str(script), *cell, *extra, f"results.dir={tmp_path / how}"]
+        done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env={**env, **watched})
         assert done.returncode == 0, done.stderr[-3000:]
         [path] = (tmp_path / how).glob("*.json")
         records[how] = json.loads(path.read_text())
+        seen[how] = probe_reports(tmp_path / f"{how}-probe")
+        assert set(seen[how]) == {"loaded-0", "loaded-1", "evaluated-0"}  # rank 0 alone evaluates
+        assert all(held == rows for held, rows in seen[how]["evaluated-0"]["rows"].values())
+    for rank in range(2):
+        assert all(held == rows for held, rows in seen["whole"][f"loaded-{rank}"]["rows"].values())
+        for name, (held, rows) in seen["rows"][f"loaded-{rank}"]["rows"].items():
+            chunk = -(-rows // 2)
+            assert held == len(range(rows)[rank * chunk : (rank + 1) * chunk]) < rows, (rank, name)
+    assert seen["whole"]["evaluated-0"]["device_map"] is None
+    assert seen["rows"]["evaluated-0"]["device_map"]  # rank 0's evaluation placed by accelerate's map
     assert records["rows"]["config"]["model"]["shard_rows"] is True
     assert records["rows"]["key"] == records["whole"]["key"]  # where the weights live is not the cell
     assert records["rows"]["world"] == {"size": 2, "backend": "gloo"}

@@ -186,20 +186,22 @@ def test_dense_ignores_owl() -> None:
 
 
 def test_uniform_cells_keep_their_keys() -> None:
-    """Every committed record's config with the new settings at their defaults where it has none
-    (allocation=uniform, the owl group, pruner.reconstruct=none) keeps its key (version-1 records
-    were keyed under older rules, so the comparison is with the key of the stored config)."""
+    """Every committed record is found again under its stored key: its file is named by it, and
+    its config -- as stored, and with the settings added since at their defaults where it has none
+    (allocation=uniform, the owl group, pruner.reconstruct=none) -- hashes to it."""
     owl_group = {"threshold": 5.0, "lambda_": 0.08}
     paths = sorted((PROJECT_ROOT / "results/leaderboard/records").glob("*.json"))
     assert paths
     for path in paths:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
+        assert path.name == f"{record['key']}.json"
+        assert record_key(record["config"]) == record["key"], path.name
         config = {"allocation": "uniform", "owl": owl_group, **record["config"]}
         config["pruner"] = {"reconstruct": "none", **config["pruner"]}
         dense = record["cell"]["pruner"] == "dense"
         normalised = cell_config(config, dense=dense, sparsity=config["sparsity"], pattern=config["pattern"],
                                  calib=config.get("calib"), allocation=config["allocation"])
-        assert record_key(normalised) == record_key(record["config"])
+        assert record_key(normalised) == record["key"], path.name
     uniform = {**config, "allocation": "uniform", "owl": owl_group}
     owl = {**uniform, "allocation": "owl"}
     keys = [record_key(cell_config(c, dense=False, sparsity=0.5, pattern="unstructured", calib=c.get("calib"),

@@ -16,6 +16,7 @@ from core.errors import ConfigError
 from core.models import check_device_map, check_shard_rows
 from core.row_shards import is_row_shard, load_row_shards, own_rows, row_sharded
 from core.structure import model_linears
+from pruners import REGISTRY, build
 from tests.conftest import tiny_model
 
 
@@ -67,10 +68,24 @@ def test_a_folder_without_safetensors_is_one_clear_error(tmp_path: Path) -> None
     ({"source": "pretrained", "shard_rows": "yes"}, "dpruner", "choose true or false"),
 ])
 def test_bad_settings_are_refused_before_loading(model: dict, pruner: str, message: str) -> None:
+    method = build(pruner)  # validation is given the method's own flag (bench/cell.py)
     cfg = OmegaConf.create({"shard_rows": True, **model})
     with pytest.raises(ConfigError, match=message):
-        check_shard_rows(cfg, pruner != "magnitude", pruner)
-    check_shard_rows(OmegaConf.create({**model, "shard_rows": False}), False, pruner)  # off: no check
+        check_shard_rows(cfg, method.row_shards, method.name)
+    check_shard_rows(OmegaConf.create({**model, "shard_rows": False}), method.row_shards, method.name)  # off
+
+
+@pytest.mark.parametrize("pruner", sorted(REGISTRY))
+def test_methods_that_prune_through_the_driver_take_row_sharded_weights(pruner: str) -> None:
+    """Each method's own flag decides: Wanda, SparseGPT and D-Pruner gather what they need whole;
+    magnitude and dense (whole matrices at once) refuse in one line."""
+    method = build(pruner)
+    cfg = OmegaConf.create({"source": "pretrained", "shard_rows": True})
+    if pruner in ("wanda", "sparsegpt", "dpruner"):
+        check_shard_rows(cfg, method.row_shards, method.name)
+    else:
+        with pytest.raises(ConfigError, match=f"does not run pruner={pruner} "):
+            check_shard_rows(cfg, method.row_shards, method.name)
 
 
 def test_a_map_with_several_processes_places_rank_0s_evaluation_of_row_sharded_loading() -> None:

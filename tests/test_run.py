@@ -12,14 +12,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import probe_reports, probed_run
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*overrides: str, results: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    args = [sys.executable, "run.py", *overrides, "logger=none"]
+def run(*overrides: str, results: Path | None = None, timeout: int = 600,
+        probe: Path | None = None) -> subprocess.CompletedProcess:
+    """run.py with these overrides; with `probe`, watched (tests/conftest.py: PROBED_RUN)."""
+    script, watched = probed_run(probe) if probe else ("run.py", {})
+    args = [sys.executable, str(script), *overrides, "logger=none"]
     if results is not None:
         args.append(f"results.dir={results}")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **watched}
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -100,20 +105,26 @@ def test_saved_pruned_model_reloads_with_identical_perplexity(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_device_map_evaluates_and_prunes_in_place(tmp_path: Path) -> None:
-    """`model.device_map=auto` loads through accelerate's placement (here: every layer on the CPU)
-    and leaves the model where the map put it; evaluation and layer-wise pruning then give exactly
-    the numbers of the same cell loaded whole, and the record keeps the map."""
+    """`model.device_map=auto` loads through accelerate's placement: from_pretrained is asked for
+    the map (here it puts every layer on the CPU, the one device, and the model stays there through
+    pruning and evaluation); evaluation and layer-wise pruning then give exactly the numbers of
+    the same cell loaded whole, and the record keeps the map."""
     tiny = ["model=tiny-llama", "eval=smoke", "driver.progress=false"]
     saved = run(*tiny, "pruner=dense", "save_model=true", results=tmp_path / "saved")
     assert saved.returncode == 0, saved.stderr[-3000:]
     folder = json.loads(next((tmp_path / "saved").glob("*.json")).read_text())["saved_model"]
     hub = ["model=hub", f"model.name_or_path={folder}", "model.dtype=float32", "model.device=cpu",
            "eval=smoke", "pruner=wanda", "calib.nsamples=2", "calib.seqlen=64", "driver.progress=false"]
-    records = {}
+    records, seen = {}, {}
     for name, extra in (("whole", []), ("mapped", ["model.device_map=auto"])):
-        done = run(*hub, *extra, results=tmp_path / name)
+        done = run(*hub, *extra, results=tmp_path / name, probe=tmp_path / f"{name}-probe")
         assert done.returncode == 0, done.stderr[-3000:]
         records[name] = json.loads(next((tmp_path / name).glob("*.json")).read_text())
+        seen[name] = probe_reports(tmp_path / f"{name}-probe")
+        assert set(seen[name]) == {"loaded-0", "evaluated-0"}
+        assert all(report["devices"] == ["cpu"] for report in seen[name].values())
+    assert seen["whole"]["loaded-0"]["requested_map"] is None  # loaded whole, then moved to the device
+    assert seen["mapped"]["loaded-0"]["requested_map"] == "auto"  # placed by accelerate as it loaded
     assert records["mapped"]["config"]["model"]["device_map"] == "auto"
     assert records["mapped"]["key"] == records["whole"]["key"]  # placement is not part of the cell
     assert records["mapped"]["sparsity"]["achieved"] == records["whole"]["sparsity"]["achieved"] == 0.5
