@@ -22,7 +22,7 @@ import pruners.dpruner.general as general_pass
 from core.errors import ConfigError
 from core.files import PARTIAL, Damaged, _host, atomic_dir, atomic_open, remove_stale_partials, scratch_folder
 from core.gguf_wheels import verify_manifest, write_manifest
-from core.models import check_model, load_model, load_tokenizer, model_context, model_location
+from core.models import check_model, load_model, load_tokenizer, model_context, prepare_model_files
 from core.paths import CONF_DIR
 from pruners import DriverSettings
 from pruners.dpruner.options import DPrunerOptions
@@ -235,8 +235,8 @@ def test_damaged_converted_model_is_discarded_and_converted_again(tmp_path: Path
     monkeypatch.setattr(gguf_wheels, "convert_gguf", lambda gguf, target: (conversions.append(target),
                                                                          fake_conversion(target)))
     cfg = smollm2(tmp_path)
-    folder = Path(model_location(cfg))
-    assert model_location(cfg) == str(folder) and len(conversions) == 1  # verified, reused
+    folder = Path(prepare_model_files(cfg))
+    assert prepare_model_files(cfg) == str(folder) and len(conversions) == 1  # verified, reused
     FOLDER_DAMAGE[damage][0](folder)
     capsys.readouterr()
 
@@ -244,7 +244,7 @@ def test_damaged_converted_model_is_discarded_and_converted_again(tmp_path: Path
     [warning] = warnings_in(capsys.readouterr().out)
     assert warning["what"] == "converted model" and warning["path"] == str(folder)
     assert FOLDER_DAMAGE[damage][1] in warning["why"] and not folder.exists()
-    assert model_location(cfg) == str(folder) and len(conversions) == 2
+    assert prepare_model_files(cfg) == str(folder) and len(conversions) == 2
     verify_manifest(folder)
     assert not capsys.readouterr().out
     assert [p.name for p in folder.parent.iterdir()] == ["smollm2-135m"]  # nothing left aside

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from bench.cell import row_shard_methods
 from core.distributed import World, local_rows
 from core.errors import ConfigError
 from core.models import check_device_map, check_shard_rows
@@ -71,8 +72,9 @@ def test_bad_settings_are_refused_before_loading(model: dict, pruner: str, messa
     method = build(pruner)  # validation is given the method's own flag (bench/cell.py)
     cfg = OmegaConf.create({"shard_rows": True, **model})
     with pytest.raises(ConfigError, match=message):
-        check_shard_rows(cfg, method.row_shards, method.name)
-    check_shard_rows(OmegaConf.create({**model, "shard_rows": False}), method.row_shards, method.name)  # off
+        check_shard_rows(cfg, method.row_shards, method.name, row_shard_methods())
+    check_shard_rows(OmegaConf.create({**model, "shard_rows": False}), method.row_shards, method.name,
+                     row_shard_methods())  # off
 
 
 @pytest.mark.parametrize("pruner", sorted(REGISTRY))
@@ -82,16 +84,28 @@ def test_methods_that_prune_through_the_driver_take_row_sharded_weights(pruner: 
     method = build(pruner)
     cfg = OmegaConf.create({"source": "pretrained", "shard_rows": True})
     if pruner in ("wanda", "sparsegpt", "dpruner"):
-        check_shard_rows(cfg, method.row_shards, method.name)
+        check_shard_rows(cfg, method.row_shards, method.name, row_shard_methods())
     else:
         with pytest.raises(ConfigError, match=f"does not run pruner={pruner} "):
-            check_shard_rows(cfg, method.row_shards, method.name)
+            check_shard_rows(cfg, method.row_shards, method.name, row_shard_methods())
 
 
 def test_a_map_with_several_processes_places_rank_0s_evaluation_of_row_sharded_loading() -> None:
     mapped = {"source": "pretrained", "device_map": "auto"}
+    whole = build("dpruner").moves_whole_model
     with pytest.raises(ConfigError, match="add model.shard_rows=true"):
-        check_device_map(OmegaConf.create({**mapped, "shard_rows": False}), "dpruner", 2)
-    check_device_map(OmegaConf.create({**mapped, "shard_rows": True}), "dpruner", 2)
-    with pytest.raises(ConfigError, match="does not run D-Pruner's domain pass"):
-        check_device_map(OmegaConf.create({**mapped, "shard_rows": True}), "dpruner", 1)
+        check_device_map(OmegaConf.create({**mapped, "shard_rows": False}), 2, whole, "dpruner")
+    check_device_map(OmegaConf.create({**mapped, "shard_rows": True}), 2, whole, "dpruner")
+    with pytest.raises(ConfigError, match="does not run pruner=dpruner"):
+        check_device_map(OmegaConf.create({**mapped, "shard_rows": True}), 1, whole, "dpruner")
+
+
+@pytest.mark.parametrize("pruner", sorted(REGISTRY))
+def test_one_process_maps_every_method_but_a_whole_model_pass(pruner: str) -> None:
+    """The method's own `moves_whole_model` decides: only D-Pruner's back-propagation refuses a map."""
+    method, cfg = build(pruner), OmegaConf.create({"source": "pretrained", "device_map": "auto"})
+    if pruner == "dpruner":
+        with pytest.raises(ConfigError, match="moves the whole model"):
+            check_device_map(cfg, 1, method.moves_whole_model, method.name)
+    else:
+        check_device_map(cfg, 1, method.moves_whole_model, method.name)
