@@ -96,6 +96,7 @@ def run_cell(cfg: DictConfig, cell: ValidatedCell, world: processes.World) -> Pa
         return None  # rank 0 evaluates the pruned model (every rank holds the same one)
     evaluation = evaluate(model, tokenizer, cfg.eval, cfg.domain, cfg.data.general, cell.data_root,
                           progress=bool(cfg.driver.progress))
+    cell.check_inputs()  # the data files still hold the bytes scored and keyed, or nothing is recorded
 
     record = new_record(
         cell.key, cell.config, pruner=cell.pruner.name,

@@ -1,7 +1,8 @@
 """A cell checked before any weights load: every config value typed and ranged, every data file
 read with the reader the run uses (bad bytes, malformed lines, empty texts fail here), windows
 against the model's context (from its config), the results folder probed, and the record key
-computed from the normalised config plus a content fingerprint of every data file read."""
+computed from the normalised config plus a content fingerprint of every data file read: the
+hash of the very bytes the cell reads (once, core/snapshot.py) for calibration and evaluation."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from core.distributed import World, check_shares
 from core.fingerprint import fingerprints
 from core.models import check_device_map, check_model, check_shard_rows, model_context
 from core.paths import project_path
+from core.snapshot import Snapshot, start_cell
 from evals.suite import check_eval_inputs, check_eval_settings
 from pruners import REGISTRY, Allocation, Pruner, from_config
 
@@ -46,11 +48,17 @@ class ValidatedCell:
     general_calib: Mapping[str, Any]  # data.general.calib: the open-domain calibration text
     domain_calib: Mapping[str, Any]  # domain.calib: the domain's calibration sources
     seed: int
+    inputs: Snapshot  # the bytes of every data file the cell reads, as hashed into its key
 
     def calibration(self, tokenizer: Any) -> Calibration:
         """The windows the cell's method asked for, drawn with the cell's seed."""
         return build_calibration(self.requests, tokenizer, self.general_calib, self.domain_calib,
                                  self.data_root, self.seed)
+
+    def check_inputs(self) -> None:
+        """Before the record is written: every data file still holds the bytes the cell read and
+        its key names (a ConfigError names one that changed while the cell ran)."""
+        self.inputs.check_unchanged()
 
 
 def build_pruner(plain: Mapping[str, Any]) -> Pruner:
@@ -64,6 +72,7 @@ def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     """Every setting and file the cell will use, checked (files read with the run's own
     readers) before any weights load."""
     plain = OmegaConf.to_container(cfg, resolve=True)
+    inputs = start_cell()  # a fresh copy of the files this cell reads: no other cell's bytes
     seed = as_int("seed", plain["seed"])
     for flag in ("force", "save_masks", "save_model"):
         as_bool(flag, plain[flag])
@@ -89,10 +98,9 @@ def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     config = cell_config(plain, dense=pruner.name == "dense", sparsity=pruner.sparsity,
                          pattern=str(pruner.pattern), allocation=pruner.allocation.kind,
                          calib=calibration_settings(requests, cfg.calib))
-    cache = cfg.data.get("fingerprint_cache")
-    config["inputs"] = fingerprints(files, root, project_path(cache) if cache else None)
+    config["inputs"] = fingerprints(files, root, inputs)
     return ValidatedCell(pruner, requests, root, config, record_key(config), results_dir,
-                         plain["data"]["general"]["calib"], plain["domain"]["calib"], seed)
+                         plain["data"]["general"]["calib"], plain["domain"]["calib"], seed, inputs)
 
 
 def row_shard_methods() -> list[str]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core import snapshot
 from core.errors import ConfigError
 
 BYTE_ORDER_MARK = "\ufeff"
@@ -44,9 +45,10 @@ def where_of(row: Mapping[str, Any]) -> str:
 
 def read_text(path: Path) -> str:
     """A whole file as UTF-8 text without its byte order mark; bad bytes are one error naming the
-    line and byte offset."""
+    line and byte offset. The bytes are the cell's own copy (core/snapshot.py): read once per
+    cell, the very bytes its record key hashes."""
     try:
-        raw = Path(path).read_bytes()
+        raw = snapshot.read_bytes(path)
     except OSError as err:
         raise ConfigError(f"{path} cannot be read ({err.strerror or err})") from err
     try:

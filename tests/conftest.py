@@ -19,6 +19,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
+from core import snapshot  # noqa: E402
+
 VOCAB = 128
 
 # Tiny configs of several architectures: the driver must work on all of them unchanged.
@@ -44,6 +46,13 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.config.use_cache = False
     return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def no_cell_snapshot(monkeypatch):
+    """Every test starts outside a cell: a cell validated by an earlier test keeps the bytes of the
+    files it read (core/snapshot.py), which a later test rewriting a file must not be served."""
+    monkeypatch.setattr(snapshot, "_cell", None)
 
 
 @pytest.fixture

@@ -107,8 +107,7 @@ def test_fetch_from_a_mirror_lays_out_a_tree_that_verifies(fetched: Path) -> Non
 @pytest.mark.parametrize("domain", ["legal", "healthcare"])
 def test_the_suite_validates_a_cell_on_the_fetched_tree(fetched: Path, tmp_path: Path, domain: str) -> None:
     cfg = compose_config([*TINY, f"domain={domain}", f"data.root={fetched}",
-                          f"results.dir={tmp_path / 'runs'}",
-                          f"data.fingerprint_cache={tmp_path / 'fingerprints.json'}"])
+                          f"results.dir={tmp_path / 'runs'}"])
     cell = validate(cfg)
     assert cell.data_root == fetched
     assert "general/wikitext2_test.raw" in cell.config["inputs"]  # read from the fetched tree

@@ -29,8 +29,7 @@ TINY = ["model=tiny-llama", "eval=smoke", "logger=none", "pruner=wanda", "calib.
 
 
 def check(tmp_path: Path, *overrides: str):
-    cfg = compose_config([*TINY, f"results.dir={tmp_path / 'runs'}",
-                          f"data.fingerprint_cache={tmp_path / 'fingerprints.json'}", *overrides])
+    cfg = compose_config([*TINY, f"results.dir={tmp_path / 'runs'}", *overrides])
     return validate(cfg)
 
 

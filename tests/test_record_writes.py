@@ -116,8 +116,7 @@ def test_a_cell_whose_record_cannot_be_written_ends_in_one_line(tmp_path: Path) 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path / "tmp")}
     limit = "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); " \
             "sys.argv = sys.argv[1:]; runpy.run_path('run.py', run_name='__main__')"
-    done = subprocess.run([sys.executable, "-c", limit, "run.py", *TINY, f"results.dir={tmp_path / 'runs'}",
-                           f"data.fingerprint_cache={tmp_path / 'fingerprints.json'}"],
+    done = subprocess.run([sys.executable, "-c", limit, "run.py", *TINY, f"results.dir={tmp_path / 'runs'}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.strip() and "%|" not in line]
@@ -128,14 +127,12 @@ def test_a_cell_whose_record_cannot_be_written_ends_in_one_line(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_two_processes_meet_a_broken_record_and_only_the_leader_sets_it_aside(tmp_path: Path) -> None:
-    cfg = compose_config([*TINY, f"results.dir={tmp_path / 'runs'}",
-                          f"data.fingerprint_cache={tmp_path / 'fingerprints.json'}"])
+    cfg = compose_config([*TINY, f"results.dir={tmp_path / 'runs'}"])
     key = validate(cfg).key
     (tmp_path / "runs" / f"{key}.json").write_text('{"status": "done", "metrics": {}}', encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-            f"--master_port={free_port()}", "run.py", *TINY, f"results.dir={tmp_path / 'runs'}",
-            f"data.fingerprint_cache={tmp_path / 'fingerprints.json'}"]
+            f"--master_port={free_port()}", "run.py", *TINY, f"results.dir={tmp_path / 'runs'}"]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("warning: record ") == 1 and "it has no metrics" in done.stdout

@@ -56,7 +56,8 @@ PACKAGES = ("torch", "transformers", "lm_eval", "hydra-core", "wandb", "datasets
 NOT_IN_KEY = (
     ("logger",), ("results",), ("force",), ("data", "root"), ("model", "cache_dir"),
     ("driver", "progress"), ("hydra",), ("save_model",), ("save_masks",),
-    ("pruner", "cache_dir"), ("pruner", "scratch_dir"), ("data", "fingerprint_cache"),
+    ("pruner", "cache_dir"), ("pruner", "scratch_dir"),
+    ("data", "fingerprint_cache"),  # a hash cache that is gone; older records still carry it
     ("pruner", "driver", "progress"),  # version-1 records carried the driver inside the pruner
     ("model", "device_map"),  # where accelerate places the layers; added later, so old keys stay valid
     ("pruner", "return_freed_memory"),  # how the allocator trades time for memory; added later
