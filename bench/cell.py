@@ -5,6 +5,7 @@ computed from the normalised config plus a content fingerprint of every data fil
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,11 @@ from core.calibration import (
     check_context,
 )
 from core.checks import as_bool, as_int
-from core.data import resolve_data_root
+from core.data import CACHE_ENV, resolve_data_root
 from core.distributed import World, check_shares
+from core.files import check_folder_setting
 from core.fingerprint import fingerprints
-from core.models import check_device_map, check_model, check_shard_rows, model_context
+from core.models import check_device_map, check_model, check_shard_rows, model_context, prunable_in_features
 from core.paths import project_path
 from evals.suite import check_eval_inputs, check_eval_settings
 from pruners import REGISTRY, Allocation, Pruner, from_config
@@ -70,6 +72,7 @@ def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     pruner = build_pruner(plain)
     world = world or World()
     pruner.check_world(world)
+    check_cache_folders(plain)
     root = resolve_data_root(cfg.data.root)
     WindowRequest.from_calib(cfg.calib)  # the calib group is checked even where a method ignores it
     requests = pruner.calibration_requests(cfg.calib)
@@ -81,6 +84,8 @@ def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     check_shares(requests, world)
     context = model_context(cfg.model)
     check_context(requests, context)
+    if pruner.pattern.structured:
+        pruner.pattern.check_widths(prunable_in_features(cfg.model))
     check_eval_settings(cfg.eval, context, cfg.domain)
     results_dir = project_path(cfg.results.dir)
     probe_results_dir(results_dir)
@@ -93,6 +98,14 @@ def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     config["inputs"] = fingerprints(files, root, project_path(cache) if cache else None)
     return ValidatedCell(pruner, requests, root, config, record_key(config), results_dir,
                          plain["data"]["general"]["calib"], plain["domain"]["calib"], seed)
+
+
+def check_cache_folders(plain: Mapping[str, Any]) -> None:
+    """The cache and scratch folders the run writes into, each a folder (or creatable as one)."""
+    check_folder_setting(CACHE_ENV, os.environ.get(CACHE_ENV))
+    check_folder_setting("model.cache_dir", plain["model"].get("cache_dir"))
+    for key in ("cache_dir", "scratch_dir"):
+        check_folder_setting(f"pruner.{key}", plain["pruner"].get(key))
 
 
 def row_shard_methods() -> list[str]:
