@@ -22,15 +22,23 @@ from core.calibration import (
     calibration_files,
     calibration_settings,
     check_context,
+    check_streams,
 )
 from core.checks import as_bool, as_int
 from core.data import CACHE_ENV, resolve_data_root
 from core.distributed import World, check_shares
 from core.files import check_folder_setting
 from core.fingerprint import fingerprints
-from core.models import check_device_map, check_model, check_shard_rows, model_context, prunable_in_features
+from core.models import (
+    check_device_map,
+    check_model,
+    check_shard_rows,
+    counting_tokenizer,
+    model_context,
+    prunable_in_features,
+)
 from core.paths import project_path
-from evals.suite import check_eval_inputs, check_eval_settings
+from evals.suite import check_eval_inputs, check_eval_settings, check_eval_texts
 from pruners import REGISTRY, Allocation, Pruner, from_config
 
 
@@ -91,6 +99,9 @@ def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     probe_results_dir(results_dir)
     files = calibration_files(requests, cfg.data.general.calib, cfg.domain.calib, root)
     files += check_eval_inputs(cfg.domain, cfg.data.general, root)
+    tokenizer = counting_tokenizer(cfg.model)
+    check_streams(requests, tokenizer, cfg.data.general.calib, cfg.domain.calib, root, seed)
+    check_eval_texts(tokenizer, cfg.domain, cfg.data.general, root)
     config = cell_config(plain, dense=pruner.name == "dense", sparsity=pruner.sparsity,
                          pattern=str(pruner.pattern), allocation=pruner.allocation.kind,
                          calib=calibration_settings(requests, cfg.calib))

@@ -10,6 +10,7 @@ window can be longer than any one document."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from core.errors import ConfigError
 
 SOURCES = ("general", "domain", "mixed")
 CALIB_KEYS = ("source", "nsamples", "seqlen", "mix")  # the `calib` config group
+OVERLAP_WARNING = 2.0  # windows per token, on average, above which most window tokens are repeats
 
 
 @dataclass(frozen=True)
@@ -137,22 +139,73 @@ def sample_windows(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int) 
     return torch.stack([stream[s : s + seqlen] for s in starts.tolist()])
 
 
+def general_stream(tokenizer: Any, spec: Mapping[str, Any], root: Path,
+                   max_tokens: int | None = None) -> torch.Tensor:
+    """The open-domain text (C4 train by default) as one token stream."""
+    return token_stream(tokenizer, load_texts(spec, root), max_tokens)
+
+
+def domain_stream(tokenizer: Any, calib_cfg: Mapping[str, Any], data_root: Path, seqlen: int, seed: int,
+                  max_tokens: int | None = None) -> torch.Tensor:
+    """The domain's rendered calibration texts, shuffled with `seed`, as one token stream;
+    tokenization stops at `calib_cfg.max_tokens` (bounded cost, but at least one window), or
+    sooner at `max_tokens` (a prefix of the same stream, for counting)."""
+    texts = domain_texts(calib_cfg, data_root)
+    random.Random(seed).shuffle(texts)
+    budget = calib_cfg.get("max_tokens")
+    limits = [limit for limit in (None if budget is None else max(int(budget), seqlen + 1), max_tokens)
+              if limit is not None]
+    return token_stream(tokenizer, texts, min(limits, default=None))
+
+
 def general_windows(tokenizer: Any, spec: Mapping[str, Any], root: Path,
                     nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
     """Open-domain windows (C4 train by default)."""
-    stream = token_stream(tokenizer, load_texts(spec, root))
-    return sample_windows(stream, nsamples, seqlen, seed)
+    return sample_windows(general_stream(tokenizer, spec, root), nsamples, seqlen, seed)
 
 
 def domain_windows(tokenizer: Any, calib_cfg: Mapping[str, Any], data_root: Path,
                    nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """Windows from the domain's rendered calibration texts, shuffled with `seed`; tokenization
-    stops at `calib_cfg.max_tokens` (bounded cost)."""
-    texts = domain_texts(calib_cfg, data_root)
-    random.Random(seed).shuffle(texts)
-    budget = calib_cfg.get("max_tokens")
-    stream = token_stream(tokenizer, texts, None if budget is None else max(int(budget), seqlen + 1))
+    """Windows from the domain's rendered calibration texts (`domain_stream`)."""
+    stream = domain_stream(tokenizer, calib_cfg, data_root, seqlen, seed)
     return sample_windows(stream, nsamples, seqlen, seed)
+
+
+def check_streams(requests: Mapping[str, WindowRequest], tokenizer: Any, general_spec: Mapping[str, Any],
+                  domain_calib: Mapping[str, Any], root: Path, seed: int) -> None:
+    """Before the model loads: each text the windows are drawn from must hold more than one
+    window (else sampling fails), and windows that would mostly repeat the same tokens (each
+    token in more than OVERLAP_WARNING windows on average) get one `warning:` line. Only as many
+    tokens are counted as these two questions need, with the streams the windows are built from."""
+    seen = set()
+    for slot, request in requests.items():
+        k = round(request.nsamples * request.mix) if request.source == "mixed" else request.nsamples
+        for text in request.texts:
+            used = request.nsamples - k if text == "general" and request.source == "mixed" else k
+            if (text, used, request.seqlen) in seen:
+                continue
+            seen.add((text, used, request.seqlen))
+            need = max(request.seqlen + 1, math.ceil(used * request.seqlen / OVERLAP_WARNING) + 1)
+            if text == "general":
+                where, stream = "data.general.calib", general_stream(tokenizer, general_spec, root, need)
+            else:
+                where, stream = "domain.calib", domain_stream(tokenizer, domain_calib, root, request.seqlen,
+                                                              seed, need)
+            _check_stream(where, slot, request, used, stream.numel())
+
+
+def _check_stream(where: str, slot: str, request: WindowRequest, used: int, tokens: int) -> None:
+    """`tokens`: the stream's length, or a count past what the warning needs (then it stays quiet)."""
+    setting = "calib.seqlen" if request.calib_keys else "pruner.domain_calib.seqlen"
+    if tokens <= request.seqlen:
+        raise ConfigError(f"{where}: the calibration text is {tokens:,} tokens long, too short for one "
+                          f"window of {setting}={request.seqlen} ({slot} windows need more than "
+                          f"{request.seqlen:,}); give a longer text or a smaller {setting}")
+    coverage = used * request.seqlen / tokens
+    if coverage > OVERLAP_WARNING:
+        print(f"warning: calibration: {used} windows x {request.seqlen} tokens drawn from a stream of "
+              f"{tokens:,} tokens ({where}): each token appears in ~{coverage:.1f} windows on average; "
+              "most windows repeat the same text")
 
 
 def mixed_windows(general: torch.Tensor, domain: torch.Tensor, mix: float) -> torch.Tensor:

