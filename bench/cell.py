@@ -22,7 +22,6 @@ from core.calibration import (
     calibration_files,
     calibration_settings,
     check_context,
-    check_streams,
 )
 from core.checks import as_bool, as_int
 from core.data import CACHE_ENV, resolve_data_root
@@ -38,7 +37,7 @@ from core.models import (
     prunable_in_features,
 )
 from core.paths import project_path
-from evals.suite import check_eval_inputs, check_eval_settings, check_eval_texts
+from evals.suite import check_eval_inputs, check_eval_settings
 from pruners import REGISTRY, Allocation, Pruner, from_config
 
 
@@ -97,11 +96,9 @@ def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     check_eval_settings(cfg.eval, context, cfg.domain)
     results_dir = project_path(cfg.results.dir)
     probe_results_dir(results_dir)
-    files = calibration_files(requests, cfg.data.general.calib, cfg.domain.calib, root)
-    files += check_eval_inputs(cfg.domain, cfg.data.general, root)
-    tokenizer = counting_tokenizer(cfg.model)
-    check_streams(requests, tokenizer, cfg.data.general.calib, cfg.domain.calib, root, seed)
-    check_eval_texts(tokenizer, cfg.domain, cfg.data.general, root)
+    tokenizer = counting_tokenizer(cfg.model)  # texts are counted as they are read
+    files = calibration_files(requests, cfg.data.general.calib, cfg.domain.calib, root, tokenizer, seed)
+    files += check_eval_inputs(cfg.domain, cfg.data.general, root, tokenizer)
     config = cell_config(plain, dense=pruner.name == "dense", sparsity=pruner.sparsity,
                          pattern=str(pruner.pattern), allocation=pruner.allocation.kind,
                          calib=calibration_settings(requests, cfg.calib))

@@ -39,24 +39,21 @@ def check_eval_settings(eval_cfg: Mapping[str, Any], context: int | None,
     task_settings(eval_cfg.get("tasks") or {}, ((domain or {}).get("tasks") or {}).keys())
 
 
-def check_eval_inputs(domain: Mapping[str, Any], general: Mapping[str, Any], root: Path) -> list[Path]:
+def check_eval_inputs(domain: Mapping[str, Any], general: Mapping[str, Any], root: Path,
+                      tokenizer: Any = None) -> list[Path]:
     """Read every local evaluation file with the run's reader (raises ConfigError naming a missing,
-    unreadable, malformed or empty one, or a hub set that cannot be loaded); returns the local
-    files read, for the caller's fingerprint."""
+    unreadable, malformed or empty one, or a hub set that cannot be loaded; given the model's
+    `tokenizer`, a perplexity text that scores no token); returns the local files read, for the
+    caller's fingerprint."""
     check_metric_names(domain, general)
     files = []
     for key, spec in perplexity_sources(domain, general).items():
-        load_texts(spec, root, key)
+        texts = load_texts(spec, root, key)
+        if tokenizer is not None:
+            check_scored(tokenizer, texts, key)
         if not spec.get("hub"):
             files.append(data_path(root, spec["path"]))
     return files + check_tasks(domain.get("tasks") or {}, root)
-
-
-def check_eval_texts(tokenizer: Any, domain: Mapping[str, Any], general: Mapping[str, Any],
-                     root: Path) -> None:
-    """Every perplexity text scores at least one token with the model's tokenizer."""
-    for key, spec in perplexity_sources(domain, general).items():
-        check_scored(tokenizer, load_texts(spec, root, key), key)
 
 
 def check_metric_names(domain: Mapping[str, Any], general: Mapping[str, Any]) -> None:
