@@ -178,7 +178,7 @@ def check_streams(requests: Mapping[str, WindowRequest], tokenizer: Any, texts: 
     `warning:` line. Only as many tokens are counted as these two questions need, with the
     streams the windows are built from, a few documents at a time."""
     seen = set()
-    for slot, request in requests.items():
+    for request in requests.values():
         k = round(request.nsamples * request.mix) if request.source == "mixed" else request.nsamples
         for text in request.texts:
             used = request.nsamples - k if text == "general" and request.source == "mixed" else k
@@ -189,17 +189,19 @@ def check_streams(requests: Mapping[str, WindowRequest], tokenizer: Any, texts: 
             if text == "general":
                 where, stream = "data.general.calib", token_stream(tokenizer, texts[text], need, COUNT_CHUNK)
             else:
-                where, stream = "domain.calib", domain_stream(tokenizer, texts[text], domain_calib,
-                                                              request.seqlen, seed, need, COUNT_CHUNK)
-            _check_stream(where, slot, request, used, stream.numel())
+                budget = domain_calib.get("max_tokens")
+                where = "domain.calib" + ("" if budget is None else f", max_tokens={budget}")
+                stream = domain_stream(tokenizer, texts[text], domain_calib, request.seqlen, seed, need,
+                                       COUNT_CHUNK)
+            _check_stream(where, request, used, stream.numel())
 
 
-def _check_stream(where: str, slot: str, request: WindowRequest, used: int, tokens: int) -> None:
+def _check_stream(where: str, request: WindowRequest, used: int, tokens: int) -> None:
     """`tokens`: the stream's length, or a count past what the warning needs (then it stays quiet)."""
     setting = "calib.seqlen" if request.calib_keys else "pruner.domain_calib.seqlen"
     if tokens <= request.seqlen:
         raise ConfigError(f"{where}: the calibration text is {tokens:,} tokens long, too short for one "
-                          f"window of {setting}={request.seqlen} ({slot} windows need more than "
+                          f"window of {setting}={request.seqlen} (sampling needs more than "
                           f"{request.seqlen:,}); give a longer text or a smaller {setting}")
     coverage = used * request.seqlen / tokens
     if coverage > OVERLAP_WARNING:

@@ -50,7 +50,7 @@ def check_eval_inputs(domain: Mapping[str, Any], general: Mapping[str, Any], roo
     for key, spec in perplexity_sources(domain, general).items():
         texts = load_texts(spec, root, key)
         if tokenizer is not None:
-            check_scored(tokenizer, texts, key)
+            check_scored(tokenizer, texts, f"{key} ({spec['path']})" if spec.get("path") else key)
         if not spec.get("hub"):
             files.append(data_path(root, spec["path"]))
     return files + check_tasks(domain.get("tasks") or {}, root)

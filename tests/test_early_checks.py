@@ -85,6 +85,14 @@ def test_mostly_overlapping_windows_warn(tmp_path: Path, capsys: pytest.CaptureF
     assert "32 windows x 64 tokens" in lines[0] and "windows on average" in lines[0]
 
 
+def test_domain_token_budget_that_makes_windows_overlap_warns(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    check(tmp_path, "pruner=dpruner", "pruner.cache_dir=null", "pruner.domain_calib.seqlen=64",
+          "domain.calib.max_tokens=300")
+    out = capsys.readouterr().out
+    assert "warning: calibration: 32 windows x 64 tokens" in out and "max_tokens=300" in out
+
+
 def test_default_windows_do_not_warn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     check(tmp_path)
     assert "warning:" not in capsys.readouterr().out
