@@ -6,6 +6,7 @@ hash of the very bytes the cell reads (once, core/snapshot.py) for calibration a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,18 @@ from core.calibration import (
     check_context,
 )
 from core.checks import as_bool, as_int
-from core.data import resolve_data_root
+from core.data import CACHE_ENV, resolve_data_root
 from core.distributed import World, check_shares
+from core.files import check_folder_setting
 from core.fingerprint import fingerprints
-from core.models import check_device_map, check_model, check_shard_rows, model_context
+from core.models import (
+    check_device_map,
+    check_model,
+    check_shard_rows,
+    counting_tokenizer,
+    model_context,
+    prunable_in_features,
+)
 from core.paths import project_path
 from core.snapshot import Snapshot, start_cell
 from evals.suite import check_eval_inputs, check_eval_settings
@@ -79,6 +88,7 @@ def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     pruner = build_pruner(plain)
     world = world or World()
     pruner.check_world(world)
+    check_cache_folders(plain)
     root = resolve_data_root(cfg.data.root)
     WindowRequest.from_calib(cfg.calib)  # the calib group is checked even where a method ignores it
     requests = pruner.calibration_requests(cfg.calib)
@@ -90,17 +100,28 @@ def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     check_shares(requests, world)
     context = model_context(cfg.model)
     check_context(requests, context)
+    if pruner.pattern.structured:
+        pruner.pattern.check_widths(prunable_in_features(cfg.model))
     check_eval_settings(cfg.eval, context, cfg.domain)
     results_dir = project_path(cfg.results.dir)
     probe_results_dir(results_dir)
-    files = calibration_files(requests, cfg.data.general.calib, cfg.domain.calib, root)
-    files += check_eval_inputs(cfg.domain, cfg.data.general, root)
+    tokenizer = counting_tokenizer(cfg.model)  # texts are counted as they are read
+    files = calibration_files(requests, cfg.data.general.calib, cfg.domain.calib, root, tokenizer, seed)
+    files += check_eval_inputs(cfg.domain, cfg.data.general, root, tokenizer)
     config = cell_config(plain, dense=pruner.name == "dense", sparsity=pruner.sparsity,
                          pattern=str(pruner.pattern), allocation=pruner.allocation.kind,
                          calib=calibration_settings(requests, cfg.calib))
     config["inputs"] = fingerprints(files, root, inputs)
     return ValidatedCell(pruner, requests, root, config, record_key(config), results_dir,
                          plain["data"]["general"]["calib"], plain["domain"]["calib"], seed, inputs)
+
+
+def check_cache_folders(plain: Mapping[str, Any]) -> None:
+    """The cache and scratch folders the run writes into, each a folder (or creatable as one)."""
+    check_folder_setting(CACHE_ENV, os.environ.get(CACHE_ENV))
+    check_folder_setting("model.cache_dir", plain["model"].get("cache_dir"))
+    for key in ("cache_dir", "scratch_dir"):
+        check_folder_setting(f"pruner.{key}", plain["pruner"].get(key))
 
 
 def row_shard_methods() -> list[str]:

@@ -10,6 +10,7 @@ window can be longer than any one document."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from core.errors import ConfigError
 
 SOURCES = ("general", "domain", "mixed")
 CALIB_KEYS = ("source", "nsamples", "seqlen", "mix")  # the `calib` config group
+COUNT_CHUNK = 8  # documents tokenized at a time while counting (stops soon after enough are seen)
+OVERLAP_WARNING = 2.0  # windows per token, on average, above which most window tokens are repeats
 
 
 @dataclass(frozen=True)
@@ -73,21 +76,25 @@ class Calibration(dict[str, torch.Tensor]):
 
 
 def calibration_files(requests: Mapping[str, WindowRequest], general_spec: Mapping[str, Any],
-                      domain_calib: Mapping[str, Any], root: Path) -> list[Path]:
+                      domain_calib: Mapping[str, Any], root: Path, tokenizer: Any = None,
+                      seed: int = 0) -> list[Path]:
     """Every file the requested windows are read from, each read now with the reader the
-    windows are built with (a missing, malformed or empty one raises ConfigError)."""
+    windows are built with (a missing, malformed or empty one raises ConfigError); given the
+    model's `tokenizer`, the texts just read are also counted against the windows (`check_streams`)."""
     wanted = {text for request in requests.values() for text in request.texts}
-    files = []
+    files, texts = [], {}
     if "general" in wanted:
-        load_texts(general_spec, root, "data.general.calib")
+        texts["general"] = load_texts(general_spec, root, "data.general.calib")
         if not general_spec.get("hub"):
             files.append(data_path(root, general_spec["path"]))
     if "domain" in wanted:
         if domain_calib.get("max_tokens") is not None:
             as_int("domain.calib.max_tokens", domain_calib["max_tokens"], 1)
-        domain_texts(domain_calib, root)
+        texts["domain"] = domain_texts(domain_calib, root)
         for spec in domain_calib["sources"].values():
             files += [data_path(root, spec[key]) for key in ("path", "exclude_ids") if spec.get(key)]
+    if tokenizer is not None:
+        check_streams(requests, tokenizer, texts, domain_calib, seed)
     return files
 
 
@@ -137,22 +144,70 @@ def sample_windows(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int) 
     return torch.stack([stream[s : s + seqlen] for s in starts.tolist()])
 
 
+def domain_stream(tokenizer: Any, texts: list[str], calib_cfg: Mapping[str, Any], seqlen: int, seed: int,
+                  max_tokens: int | None = None, chunk: int = 64) -> torch.Tensor:
+    """The domain's rendered calibration texts, shuffled with `seed`, as one token stream;
+    tokenization stops at `calib_cfg.max_tokens` (bounded cost, but at least one window), or
+    sooner at `max_tokens` (a prefix of the same stream, for counting)."""
+    texts = list(texts)
+    random.Random(seed).shuffle(texts)
+    budget = calib_cfg.get("max_tokens")
+    limits = [limit for limit in (None if budget is None else max(int(budget), seqlen + 1), max_tokens)
+              if limit is not None]
+    return token_stream(tokenizer, texts, min(limits, default=None), chunk)
+
+
 def general_windows(tokenizer: Any, spec: Mapping[str, Any], root: Path,
                     nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
     """Open-domain windows (C4 train by default)."""
-    stream = token_stream(tokenizer, load_texts(spec, root))
-    return sample_windows(stream, nsamples, seqlen, seed)
+    return sample_windows(token_stream(tokenizer, load_texts(spec, root)), nsamples, seqlen, seed)
 
 
 def domain_windows(tokenizer: Any, calib_cfg: Mapping[str, Any], data_root: Path,
                    nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """Windows from the domain's rendered calibration texts, shuffled with `seed`; tokenization
-    stops at `calib_cfg.max_tokens` (bounded cost)."""
-    texts = domain_texts(calib_cfg, data_root)
-    random.Random(seed).shuffle(texts)
-    budget = calib_cfg.get("max_tokens")
-    stream = token_stream(tokenizer, texts, None if budget is None else max(int(budget), seqlen + 1))
+    """Windows from the domain's rendered calibration texts (`domain_stream`)."""
+    stream = domain_stream(tokenizer, domain_texts(calib_cfg, data_root), calib_cfg, seqlen, seed)
     return sample_windows(stream, nsamples, seqlen, seed)
+
+
+def check_streams(requests: Mapping[str, WindowRequest], tokenizer: Any, texts: Mapping[str, list[str]],
+                  domain_calib: Mapping[str, Any], seed: int) -> None:
+    """Before the model loads: each text the windows are drawn from (`texts`: general, domain)
+    must hold more than one window (else sampling fails), and windows that would mostly repeat
+    the same tokens (each token in more than OVERLAP_WARNING windows on average) get one
+    `warning:` line. Only as many tokens are counted as these two questions need, with the
+    streams the windows are built from, a few documents at a time."""
+    seen = set()
+    for request in requests.values():
+        k = round(request.nsamples * request.mix) if request.source == "mixed" else request.nsamples
+        for text in request.texts:
+            used = request.nsamples - k if text == "general" and request.source == "mixed" else k
+            if (text, used, request.seqlen) in seen:
+                continue
+            seen.add((text, used, request.seqlen))
+            need = max(request.seqlen + 1, math.ceil(used * request.seqlen / OVERLAP_WARNING) + 1)
+            if text == "general":
+                where, stream = "data.general.calib", token_stream(tokenizer, texts[text], need, COUNT_CHUNK)
+            else:
+                budget = domain_calib.get("max_tokens")
+                where = "domain.calib" + ("" if budget is None else f", max_tokens={budget}")
+                stream = domain_stream(tokenizer, texts[text], domain_calib, request.seqlen, seed, need,
+                                       COUNT_CHUNK)
+            _check_stream(where, request, used, stream.numel())
+
+
+def _check_stream(where: str, request: WindowRequest, used: int, tokens: int) -> None:
+    """`tokens`: the stream's length, or a count past what the warning needs (then it stays quiet)."""
+    setting = "calib.seqlen" if request.calib_keys else "pruner.domain_calib.seqlen"
+    if tokens <= request.seqlen:
+        raise ConfigError(f"{where}: the calibration text is {tokens:,} tokens long, too short for one "
+                          f"window of {setting}={request.seqlen} (sampling needs more than "
+                          f"{request.seqlen:,}); give a longer text or a smaller {setting}")
+    coverage = used * request.seqlen / tokens
+    if coverage > OVERLAP_WARNING:
+        print(f"warning: calibration: {used} windows x {request.seqlen} tokens drawn from a stream of "
+              f"{tokens:,} tokens ({where}): each token appears in ~{coverage:.1f} windows on average; "
+              "most windows repeat the same text")
 
 
 def mixed_windows(general: torch.Tensor, domain: torch.Tensor, mix: float) -> torch.Tensor:

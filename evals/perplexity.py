@@ -89,6 +89,19 @@ def encode_text(tokenizer: Any, texts: list[str],
     return _encode(tokenizer, joined)
 
 
+def _require_scored(plans: list[Window], tokens: int, label: str) -> None:
+    if not plans:
+        raise ConfigError(f"{label}: the text is {tokens} token(s) long, so no token can be scored; "
+                          "perplexity needs a text of at least 2 tokens")
+
+
+def check_scored(tokenizer: Any, texts: list[str], label: str) -> None:
+    """Before the model loads: the text scores at least one token (a window's first token is
+    never scored); only its first tokens are counted."""
+    ids, _ = encode_text(tokenizer, texts, 2)
+    _require_scored(plan_windows(ids.numel(), 2, 1, 1), ids.numel(), label)
+
+
 @torch.no_grad()
 def strided_perplexity(model: nn.Module, tokenizer: Any, texts: list[str], window: int, stride: int,
                        max_windows: int | None = None, batch_size: int = 1,
@@ -98,9 +111,7 @@ def strided_perplexity(model: nn.Module, tokenizer: Any, texts: list[str], windo
     limit = None if max_windows is None else (max_windows - 1) * stride + window
     ids, byte_counts = encode_text(tokenizer, texts, limit)
     plans = plan_windows(ids.numel(), window, stride, max_windows)
-    if not plans:
-        raise ConfigError(f"{label}: the text is {ids.numel()} token(s) long, so no token can be scored; "
-                          "perplexity needs a text of at least 2 tokens")
+    _require_scored(plans, ids.numel(), label)
     device = next(model.parameters()).device
     total_nll, total_tokens, total_bytes = 0.0, 0, 0
     per_window: dict[str, list] = {"nll": [], "tokens": [], "bytes": []}

@@ -16,8 +16,9 @@ from typing import Any
 from torch import nn
 
 from core.data import data_path, load_texts
+from core.errors import ConfigError
 from evals.lm_tasks import check_tasks, evaluate_domain_tasks, task_settings
-from evals.perplexity import perplexity_settings, perplexity_sources, strided_perplexity
+from evals.perplexity import check_scored, perplexity_settings, perplexity_sources, strided_perplexity
 
 
 @dataclass
@@ -38,16 +39,37 @@ def check_eval_settings(eval_cfg: Mapping[str, Any], context: int | None,
     task_settings(eval_cfg.get("tasks") or {}, ((domain or {}).get("tasks") or {}).keys())
 
 
-def check_eval_inputs(domain: Mapping[str, Any], general: Mapping[str, Any], root: Path) -> list[Path]:
+def check_eval_inputs(domain: Mapping[str, Any], general: Mapping[str, Any], root: Path,
+                      tokenizer: Any = None) -> list[Path]:
     """Read every local evaluation file with the run's reader (raises ConfigError naming a missing,
-    unreadable, malformed or empty one, or a hub set that cannot be loaded); returns the local
-    files read, for the caller's fingerprint."""
+    unreadable, malformed or empty one, or a hub set that cannot be loaded; given the model's
+    `tokenizer`, a perplexity text that scores no token); returns the local files read, for the
+    caller's fingerprint."""
+    check_metric_names(domain, general)
     files = []
     for key, spec in perplexity_sources(domain, general).items():
-        load_texts(spec, root, key)
+        texts = load_texts(spec, root, key)
+        if tokenizer is not None:
+            check_scored(tokenizer, texts, f"{key} ({spec['path']})" if spec.get("path") else key)
         if not spec.get("hub"):
             files.append(data_path(root, spec["path"]))
     return files + check_tasks(domain.get("tasks") or {}, root)
+
+
+def check_metric_names(domain: Mapping[str, Any], general: Mapping[str, Any]) -> None:
+    """Every perplexity text and task gives its metrics under its own `<scope>/<name>`: two
+    settings with one key would write one's numbers over the other's."""
+    scope = domain["name"]
+    owners: dict[str, str] = {}
+    named = [(f"general/{name}", f"data.general.perplexity.{name}")
+             for name in general.get("perplexity") or {}]
+    named += [(f"{scope}/{name}", f"domain.perplexity.{name}") for name in domain.get("perplexity") or {}]
+    named += [(f"{scope}/{name}", f"domain.tasks.{name}") for name in domain.get("tasks") or {}]
+    for key, setting in named:
+        if key in owners:
+            raise ConfigError(f"{owners[key]} and {setting} would both report metrics as {key}/...; "
+                              "give one of them another name")
+        owners[key] = setting
 
 
 def evaluate(model: nn.Module, tokenizer: Any, eval_cfg: Mapping[str, Any], domain: Mapping[str, Any],

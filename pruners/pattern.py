@@ -3,6 +3,7 @@ consecutive input weights of a row, N are kept)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from core.errors import ConfigError
@@ -45,6 +46,20 @@ class Pattern:
     def sparsity(self, requested: float) -> float:
         """The sparsity this pattern gives: N:M fixes it at 1 - N/M, whatever was asked."""
         return 1.0 - self.n / self.m if self.structured else requested
+
+    def check_widths(self, in_features: Mapping[str, int]) -> None:
+        """Every pruned matrix's rows must split into whole groups of M inputs (the model's
+        widths, from its config): else the mask fails after the model loads."""
+        if not self.structured:
+            return
+        for name, width in in_features.items():
+            if width % self.m:
+                widths = sorted(set(in_features.values()))
+                fits = [f"{n}:{m}" for n, m in ((2, 4), (4, 8)) if all(w % m == 0 for w in widths)]
+                raise ConfigError(
+                    f"pattern={self}: M={self.m} does not divide the input width {width} of {name} "
+                    f"(the model's widths: {widths}); use an M that divides every width"
+                    + (f", e.g. {' or '.join(fits)}" if fits else ", or pattern=unstructured"))
 
     def __str__(self) -> str:
         return f"{self.n}:{self.m}" if self.structured else "unstructured"
