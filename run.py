@@ -46,7 +46,9 @@ def check_group_choices(argv: list[str]) -> None:
         known = sorted(p.stem for p in (CONF_DIR / name).glob("*.yaml"))
         for option in value.split(","):
             if option and option not in known:
-                print(f"error: unknown {name} {option!r}; choose one of: {', '.join(known)}", file=sys.stderr)
+                message = f"error: unknown {name} {option!r}; choose one of: {', '.join(known)}"
+                if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # not once per rank
+                    print(message, file=sys.stderr)
                 sys.exit(2)
 
 
