@@ -13,12 +13,26 @@ evaluates, writes the record and logs; a process that dies fails the cell on ran
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
-import time
-from pathlib import Path
 
-from core.paths import CONF_DIR
+
+def _interrupted_early(signum: int, frame: object) -> None:
+    """Ctrl-C before the cell's work starts (startup, heavy imports): nothing is written yet, so the
+    process ends here, whatever library code it interrupts (os._exit: no handler can catch it)."""
+    sys.stderr.write("interrupted: nothing recorded\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
+if __name__ == "__main__":  # the command's own work, not an import's: a quiet Ctrl-C until the
+    signal.signal(signal.SIGINT, _interrupted_early)  # heavy imports below are done
+
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from core.paths import CONF_DIR  # noqa: E402
 
 CONFIG_GROUPS = ("model", "pruner", "domain", "calib", "eval", "logger", "experiment", "dpruner_variant")
 
@@ -32,18 +46,14 @@ def check_group_choices(argv: list[str]) -> None:
         known = sorted(p.stem for p in (CONF_DIR / name).glob("*.yaml"))
         for option in value.split(","):
             if option and option not in known:
-                print(f"error: unknown {name} {option!r}; choose one of: {', '.join(known)}", file=sys.stderr)
+                message = f"error: unknown {name} {option!r}; choose one of: {', '.join(known)}"
+                if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # not once per rank
+                    print(message, file=sys.stderr)
                 sys.exit(2)
 
 
-def _interrupted_early(signum: int, frame: object) -> None:
-    print("interrupted: nothing recorded", file=sys.stderr)
-    sys.exit(130)
-
-
-if __name__ == "__main__":  # the command's own work, not an import's: the cheap argument check,
-    check_group_choices(sys.argv)  # then a quiet Ctrl-C until the heavy imports below are done
-    signal.signal(signal.SIGINT, _interrupted_early)
+if __name__ == "__main__":
+    check_group_choices(sys.argv)  # the cheap argument check, before the heavy imports
 
 import hydra  # noqa: E402  (after the cheap argument check)
 import torch  # noqa: E402
@@ -58,6 +68,7 @@ from bench.results.records import (  # noqa: E402
     finished,
     git_revision,
     new_record,
+    record_path,
     save_record,
     set_aside_unfinished,
 )
@@ -118,6 +129,12 @@ def run_cell(cfg: DictConfig, cell: ValidatedCell, world: processes.World) -> Pa
     return path
 
 
+def written(cell: ValidatedCell) -> tuple[int, int] | None:
+    """Which write of the cell's record is on disk (inode, time), None before the first."""
+    path = record_path(cell.results_dir, cell.key)
+    return (path.stat().st_ino, path.stat().st_mtime_ns) if path.exists() else None
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     key, world = None, processes.World()
@@ -130,7 +147,7 @@ def main(cfg: DictConfig) -> None:
             processes.quiet()
             cfg.driver.progress = False
         cell = validate(cfg, world)
-        key = cell.key
+        key, before = cell.key, written(cell)
         run_cell(cfg, cell, world)
     except ConfigError as err:
         if world.leader:
@@ -146,9 +163,12 @@ def main(cfg: DictConfig) -> None:
             print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print(f"interrupted: nothing recorded for cell {key or '(not yet validated)'}", file=sys.stderr)
         if multirun:
-            raise
+            raise  # the grid's own `interrupted:` line speaks for the cell
+        if key is not None and written(cell) != before:  # the cell was done; W&B or the summary was not
+            print(f"interrupted: cell {key} recorded ({record_path(cell.results_dir, key)})", file=sys.stderr)
+        else:
+            print(f"interrupted: nothing recorded for cell {key or '(not yet validated)'}", file=sys.stderr)
         sys.exit(130)
     finally:
         processes.stop()
@@ -156,4 +176,8 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # while Hydra composes, before main's own handler is in place
+        print("interrupted: nothing recorded", file=sys.stderr)
+        sys.exit(130)

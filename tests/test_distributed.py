@@ -338,3 +338,21 @@ def test_a_dead_rank_fails_the_cell_on_rank_0_with_one_line(tmp_path: Path, rank
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "another of the 2 processes" in errors[0], done.stderr[-3000:]
     assert not list((tmp_path / "runs").glob("*.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", ["sparsity=1.5", "pruner=wandaa"])
+def test_a_bad_setting_under_torchrun_is_one_line_in_all(tmp_path: Path, bad: str) -> None:
+    """Every rank checks the setting; rank 0 alone says what is wrong (one `error:` line in all)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+            f"--master_port={free_port()}", "run.py", "model=tiny-llama", "eval=smoke", "logger=none",
+            "pruner=wanda", "driver.progress=false", f"results.dir={tmp_path / 'runs'}", bad]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and len(errors) == 1, done.stderr[-3000:]
+    assert bad.split("=")[1] in errors[0]
+    ours = [line for line in done.stderr.splitlines()
+            if 'run.py", line' in line and "distributed" not in line]
+    assert not ours, done.stderr[-3000:]  # torchrun's own report of a failed child may follow
+    assert not list((tmp_path / "runs").glob("*.json"))
