@@ -181,3 +181,5 @@ if __name__ == "__main__":
     except KeyboardInterrupt:  # while Hydra composes, before main's own handler is in place
         print("interrupted: nothing recorded", file=sys.stderr)
         sys.exit(130)
+    finally:  # the work is over: Python's shutdown restores the default Ctrl-C action, which would
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # kill the exit with a signal instead of its code

@@ -224,7 +224,7 @@ def test_ctrl_c_at_any_moment_is_one_line_and_no_record(tmp_path: Path) -> None:
     assert whole.returncode == 0
     [done] = (tmp_path / "whole").glob("*.json")
     metrics = set(json.loads(done.read_text())["metrics"])
-    steps = 8
+    steps = 6
     for step in range(steps):
         delay = python_start + 0.2 + step * (duration - python_start - 0.2) / steps
         results = tmp_path / f"at-{step}"
