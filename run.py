@@ -13,6 +13,7 @@ evaluates, writes the record and logs; a process that dies fails the cell on ran
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -48,6 +49,7 @@ if __name__ == "__main__":  # the command's own work, not an import's: the cheap
 import hydra  # noqa: E402  (after the cheap argument check)
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.errors import CompactHydraException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -62,6 +64,7 @@ from bench.results.records import (  # noqa: E402
     set_aside_unfinished,
 )
 from bench.results.tracking import log_record  # noqa: E402
+from bench.schema import composition_error  # noqa: E402
 from core import distributed as processes  # noqa: E402  (a global `distributed` breaks submitit's pickle)
 from core.errors import ConfigError  # noqa: E402
 from core.files import remove_stale_partials  # noqa: E402
@@ -153,6 +156,20 @@ def main(cfg: DictConfig) -> None:
         processes.stop()
 
 
+def main_reporting_composition_errors() -> None:
+    """`main`, with Hydra's own composition errors (a misspelt key, a list without -m) as one
+    `error:` line with its advice and exit 2, where Hydra alone prints several and exits 1."""
+    if os.environ.get("HYDRA_FULL_ERROR"):
+        main()  # the user asked for Hydra's complete stack trace
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises its errors instead of printing them
+    try:
+        main()
+    except CompactHydraException as err:
+        print(f"error: {composition_error(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again
-    main()
+    main_reporting_composition_errors()

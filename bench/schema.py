@@ -240,10 +240,15 @@ def checked_config(cfg: DictConfig) -> dict[str, Any]:
 def composition_error(err: CompactHydraException) -> str:
     """Hydra's own composition error as one line with its advice: a misspelt key names the
     nearest declared ones (Hydra's advice, `+key=value`, adds only entries of your own)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    match = re.match(r"Could not override '([^']+)'", lines[0] if lines else "")
+    lines = [line.strip().replace("\\'", "'") for line in str(err).splitlines() if line.strip()]
+    first = lines[0] if lines else type(err).__name__
+    several = re.match(r"Ambiguous value for argument '([^=]+)=(.+)'", first)
+    if several:
+        setting = f"{several.group(1)}={several.group(2)}"
+        return f"{setting} lists several values: add -m to run each as a cell (python3 run.py -m {setting})"
+    match = re.match(r"Could not override '([^']+)'", first)
     if not match:
-        return "; ".join(lines)
+        return "; ".join(line.rstrip(".") for line in lines)
     *parents, last = match.group(1).split(".")
     declared: Any = SETTINGS
     for part in parents:
