@@ -35,7 +35,7 @@ from pruners.settings import DriverSettings
 @dataclass(frozen=True)
 class Entries:
     """An extension point: entries under names of the user's choosing, each declared by `entry`;
-    `plain`: a value that is not a mapping (a plain path, null) goes to its reader as it is."""
+    `plain`: an entry that is not a mapping (a plain path, null) goes to its reader as it is."""
 
     entry: Any
     plain: bool = False
@@ -184,11 +184,12 @@ def _normalise(key: str, value: Any, declared: Any, changes: list) -> Any:
     if isinstance(declared, dict):
         return _table(key, value, declared, changes)
     if isinstance(declared, Entries):
+        if value is None:
+            return None
         if not isinstance(value, Mapping):
-            if declared.plain:
-                return value
             raise ConfigError(f"{key}={value!r} must map names of your choosing to their settings")
-        return {name: _normalise(f"{key}.{name}", item, declared.entry, changes)
+        return {name: item if declared.plain and not isinstance(item, Mapping)
+                else _normalise(f"{key}.{name}", item, declared.entry, changes)
                 for name, item in value.items()}
     normalised = _leaf(key, value, declared)
     if repr(normalised) != repr(value):
