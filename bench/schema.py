@@ -163,37 +163,39 @@ def _leaf(key: str, value: Any, kind: Any) -> Any:
     raise ConfigError(f"{key}={value!r} must be text{nullable} (quote it: {key}='{value}')")
 
 
-def _table(key: str, value: Any, declared: Mapping[str, Any], changes: list) -> dict[str, Any]:
+def _table(path: tuple, value: Any, declared: Mapping[str, Any], changes: list) -> dict[str, Any]:
+    key = ".".join(map(str, path))
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key}={value!r} must be a group of settings: {', '.join(declared)}")
     normalised = {}
     for name, item in value.items():
-        dotted = f"{key}.{name}" if key else str(name)
         if name not in declared:
-            raise ConfigError(f"unknown setting {dotted}; {_nearest(key, str(name), list(declared))}")
-        normalised[name] = _normalise(dotted, item, declared[name], changes)
+            raise ConfigError(f"unknown setting {'.'.join(map(str, (*path, name)))}; "
+                              f"{_nearest(key, str(name), list(declared))}")
+        normalised[name] = _normalise((*path, name), item, declared[name], changes)
     return normalised
 
 
-def _normalise(key: str, value: Any, declared: Any, changes: list) -> Any:
-    """`value` checked against its declaration; each changed leaf is noted in `changes`."""
+def _normalise(path: tuple, value: Any, declared: Any, changes: list) -> Any:
+    """`value` (at `path`) checked against its declaration; each changed leaf is noted in `changes`."""
     if isinstance(declared, Nullable):
         if value is None:
             return None
         declared = declared.table
     if isinstance(declared, dict):
-        return _table(key, value, declared, changes)
+        return _table(path, value, declared, changes)
     if isinstance(declared, Entries):
         if value is None:
             return None
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}={value!r} must map names of your choosing to their settings")
+            raise ConfigError(f"{'.'.join(map(str, path))}={value!r} must map names of your choosing to "
+                              "their settings")
         return {name: item if declared.plain and not isinstance(item, Mapping)
-                else _normalise(f"{key}.{name}", item, declared.entry, changes)
+                else _normalise((*path, name), item, declared.entry, changes)
                 for name, item in value.items()}
-    normalised = _leaf(key, value, declared)
+    normalised = _leaf(".".join(map(str, path)), value, declared)
     if repr(normalised) != repr(value):
-        changes.append((key, normalised))
+        changes.append((path, normalised))
     return normalised
 
 
@@ -210,17 +212,17 @@ def _pruner(value: Any, changes: list) -> dict[str, Any]:
                           + (f"did you mean pruner.{close[0]}? " if close else "")
                           + f"{name}'s settings: {', '.join(allowed) or 'none'}"
                           + " (sparsity, pattern, allocation and driver are the cell's, not the method's)")
-    return _table("pruner", value, declared, changes)
+    return _table(("pruner",), value, declared, changes)
 
 
-def normalised_config(plain: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+def normalised_config(plain: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[tuple, Any]]]:
     """A resolved plain config checked against the declarations: the normalised config and the
-    (dotted key, normalised value) of every value that normalising changed."""
-    changes: list[tuple[str, Any]] = []
+    (path of keys, normalised value) of every value that normalising changed."""
+    changes: list[tuple[tuple, Any]] = []
     missing = [key for key in SETTINGS if key not in plain and key != "hydra"]
     if missing:
         raise ConfigError(f"missing setting {missing[0]}; conf/config.yaml declares it")
-    config = _table("", {key: value for key, value in plain.items() if key != "pruner"}, SETTINGS, changes)
+    config = _table((), {key: value for key, value in plain.items() if key != "pruner"}, SETTINGS, changes)
     config["pruner"] = _pruner(plain["pruner"], changes)
     return {key: config[key] for key in plain}, changes
 
@@ -229,8 +231,7 @@ def checked_config(cfg: DictConfig) -> dict[str, Any]:
     """The cell's resolved config, checked and normalised, with the normalised values written
     back into `cfg`, so that the run reads exactly what its record key was computed from."""
     config, changes = normalised_config(OmegaConf.to_container(cfg, resolve=True))
-    for dotted, value in changes:
-        *parents, last = dotted.split(".")
+    for (*parents, last), value in changes:
         node = cfg
         for part in parents:
             node = node[part]

@@ -236,7 +236,7 @@ def test_schema_gives_a_typed_config_or_one_error(base: dict[str, Any], data: st
         assert new is value
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_validation_gives_a_cell_or_one_error(base: dict[str, Any], data: st.DataObject) -> None:
     path, value = data.draw(injections(base, skip="architecture"))  # test_bad_architecture_value
@@ -253,3 +253,8 @@ def test_validation_gives_a_cell_or_one_error(base: dict[str, Any], data: st.Dat
 def test_bad_architecture_value_is_one_error(base: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         validate(OmegaConf.create(injected(base, ("model", "architecture", "hidden_size"), None)))
+
+
+def test_normalised_entry_named_with_a_dot_is_written_back(base: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=r"eval.tasks.limit.a.b: no such task"):
+        validate(OmegaConf.create(injected(base, ("eval", "tasks", "limit", "a.b"), 2.0)))
