@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from core.paths import CONF_DIR
@@ -120,6 +121,24 @@ def run_cell(cfg: DictConfig, cell: ValidatedCell, world: processes.World) -> Pa
     return path
 
 
+def reporting_composition_errors(hydra_main: Callable[[], None]) -> Callable[[], None]:
+    """`hydra_main`, with Hydra's own composition errors (a misspelt key, a list without -m) as one
+    `error:` line with its advice and exit 2, where Hydra alone prints several and exits 1."""
+
+    def run() -> None:
+        if os.environ.get("HYDRA_FULL_ERROR"):
+            return hydra_main()  # the user asked for Hydra's complete stack trace
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises its errors instead of printing them
+        try:
+            hydra_main()
+        except CompactHydraException as err:
+            print(f"error: {composition_error(err)}", file=sys.stderr)
+            sys.exit(2)
+
+    return run
+
+
+@reporting_composition_errors
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     key, world = None, processes.World()
@@ -156,20 +175,6 @@ def main(cfg: DictConfig) -> None:
         processes.stop()
 
 
-def main_reporting_composition_errors() -> None:
-    """`main`, with Hydra's own composition errors (a misspelt key, a list without -m) as one
-    `error:` line with its advice and exit 2, where Hydra alone prints several and exits 1."""
-    if os.environ.get("HYDRA_FULL_ERROR"):
-        main()  # the user asked for Hydra's complete stack trace
-        return
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises its errors instead of printing them
-    try:
-        main()
-    except CompactHydraException as err:
-        print(f"error: {composition_error(err)}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again
-    main_reporting_composition_errors()
+    main()
