@@ -30,6 +30,7 @@ if __name__ == "__main__":  # the command's own work, not an import's: a quiet C
     signal.signal(signal.SIGINT, _interrupted_early)  # heavy imports below are done
 
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from core.paths import CONF_DIR  # noqa: E402
@@ -58,6 +59,7 @@ if __name__ == "__main__":
 import hydra  # noqa: E402  (after the cheap argument check)
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.errors import CompactHydraException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -73,6 +75,7 @@ from bench.results.records import (  # noqa: E402
     set_aside_unfinished,
 )
 from bench.results.tracking import log_record  # noqa: E402
+from bench.schema import composition_error  # noqa: E402
 from core import distributed as processes  # noqa: E402  (a global `distributed` breaks submitit's pickle)
 from core.errors import ConfigError  # noqa: E402
 from core.files import remove_stale_partials  # noqa: E402
@@ -135,6 +138,24 @@ def written(cell: ValidatedCell) -> tuple[int, int] | None:
     return (path.stat().st_ino, path.stat().st_mtime_ns) if path.exists() else None
 
 
+def reporting_composition_errors(hydra_main: Callable[[], None]) -> Callable[[], None]:
+    """`hydra_main`, with Hydra's own composition errors (a misspelt key, a list without -m) as one
+    `error:` line with its advice and exit 2, where Hydra alone prints several and exits 1."""
+
+    def run() -> None:
+        if os.environ.get("HYDRA_FULL_ERROR"):
+            return hydra_main()  # the user asked for Hydra's complete stack trace
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises its errors instead of printing them
+        try:
+            hydra_main()
+        except CompactHydraException as err:
+            print(f"error: {composition_error(err)}", file=sys.stderr)
+            sys.exit(2)
+
+    return run
+
+
+@reporting_composition_errors
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     key, world = None, processes.World()

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bench.results.records import cell_config, probe_results_dir, record_key
 from bench.results.tracking import resolve_mode
+from bench.schema import checked_config
 from core.calibration import (
     Calibration,
     WindowRequest,
@@ -80,7 +81,7 @@ def build_pruner(plain: Mapping[str, Any]) -> Pruner:
 def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     """Every setting and file the cell will use, checked (files read with the run's own
     readers) before any weights load."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = checked_config(cfg)  # every key declared, every value normalised (bench/schema.py)
     inputs = start_cell()  # a fresh copy of the files this cell reads: no other cell's bytes
     seed = as_int("seed", plain["seed"])
     for flag in ("force", "save_masks", "save_model"):
