@@ -87,7 +87,7 @@ SETTINGS: dict[str, Any] = {
     "sparsity": float, "pattern": str, "allocation": str, "owl": {"threshold": float, "lambda_": float},
     "seed": int, "force": bool, "save_masks": bool, "save_model": bool,
     "driver": _dataclass_fields(DriverSettings),
-    "data": {"root": str | None, "fingerprint_cache": str | None,
+    "data": {"root": str | None,
              "general": {"calib": TEXT, "perplexity": Entries(TEXT, plain=True)}},
     "results": {"dir": str},
     "hydra": Any,

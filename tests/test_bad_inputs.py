@@ -46,7 +46,7 @@ SETTINGS = [
     case("sparsity=null", named="None"),
     case("sparsity=true", named="True"),
     *(case(f"pattern={v}") for v in ("4:2", "0:4", "2:0", "abc", "2-4", "2:4:8", "structured", "2:2")),
-    case("pattern=2:3", named="2:3", marks=xfail("2:3 is accepted; the width check comes at pruning")),
+    case("pattern=2:3", named="2:3"),
     *(case(f"seed={v}") for v in ("abc", "1.5", "[1]")),
     case("seed=null", named="None"),
     case("seed=-1", marks=xfail("a negative seed is accepted (torch.manual_seed takes it)")),
@@ -107,8 +107,7 @@ def test_bad_setting(tmp_path: Path, overrides: list[str], named: list[str]) -> 
 
 
 def assert_one_line_naming(tmp_path: Path, overrides: list[str], named: list[str]) -> None:
-    cfg = compose_config([*TINY, f"results.dir={tmp_path / 'runs'}",
-                          f"data.fingerprint_cache={tmp_path / 'fingerprints.json'}", *overrides])
+    cfg = compose_config([*TINY, f"results.dir={tmp_path / 'runs'}", *overrides])
     try:
         validate(cfg)
     except ConfigError as err:
@@ -187,8 +186,7 @@ def test_bad_data_file(tmp_path: Path, name: str, data: bytes, entry: str, named
 def test_good_data_file_is_read(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "t.jsonl"
     path.write_bytes(data)
-    cell = validate(compose_config([*TINY, f"results.dir={tmp_path / 'runs'}", PERPLEXITY.format(path=path),
-                                    f"data.fingerprint_cache={tmp_path / 'fingerprints.json'}"]))
+    cell = validate(compose_config([*TINY, f"results.dir={tmp_path / 'runs'}", PERPLEXITY.format(path=path)]))
     assert str(path) in cell.config["inputs"]
 
 
