@@ -119,7 +119,8 @@ def run_cell(cfg: DictConfig, cell: ValidatedCell, world: processes.World) -> Pa
         prune_stages=cell.pruner.stages, matrices=[r.as_dict() for r in reports],
         memory={"peak_rss_mb": peak_memory_mb(),
                 "peak_cuda_mb": peak_memory_mb(device) if device.type == "cuda" else None},
-        world={"size": world.size, "backend": backend}, layers=cell.pruner.layers.report())
+        world={"size": world.size, "backend": backend}, layers=cell.pruner.layers.report(),
+        budget=cell.pruner.budget(cell.requests, calibration))
     if cfg.save_masks:
         save_masks(model, cell.results_dir / "masks" / f"{cell.key}.npz")
         record["masks"] = f"masks/{cell.key}.npz"  # relative to the record's folder

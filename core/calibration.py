@@ -244,3 +244,29 @@ def build_calibration(requests: Mapping[str, WindowRequest], tokenizer: Any,
         built[same] = domain if request.source == "domain" else windows
         calibration[slot] = built[same]
     return calibration
+
+
+def calibration_budget(requests: Mapping[str, WindowRequest],
+                       calibration: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """What the calibration consumed: per slot its windows (`source`, `windows`, `seqlen`,
+    `domain_windows`: mixed windows open with round(n * mix) domain ones, as `mixed_windows`
+    builds them), and the distinct tokens per source, each window set counted once however many
+    slots share it. From the drawn tensors when given; without them (records written before
+    budgets were recorded) from the sets `build_calibration` would draw for `requests`."""
+    tokens = {"general": 0, "domain": 0}
+    windows, counted = {}, set()
+    for slot, request in requests.items():
+        if calibration is None:  # the window sets build_calibration shares between slots
+            n, seqlen = request.nsamples, request.seqlen
+            shared = (request.source, n, seqlen, request.mix if request.source == "mixed" else None)
+        else:
+            drawn = calibration[slot]
+            shared, (n, seqlen) = id(drawn), drawn.shape
+        k = {"general": 0, "domain": n, "mixed": round(n * request.mix)}[request.source]
+        windows[slot] = {"source": request.source, "windows": int(n), "seqlen": int(seqlen),
+                         "domain_windows": int(k)}
+        if shared not in counted:
+            counted.add(shared)
+            tokens["domain"] += int(k * seqlen)
+            tokens["general"] += int((n - k) * seqlen)
+    return {"tokens": tokens, "windows": windows}

@@ -10,7 +10,7 @@ import torch
 from hydra.utils import get_class
 from torch import nn
 
-from core.calibration import Calibration, WindowRequest
+from core.calibration import Calibration, WindowRequest, calibration_budget
 from core.distributed import World
 from core.errors import ConfigError
 from core.row_shards import gather_to_leader
@@ -63,6 +63,23 @@ class Pruner:
         """The source of the `calib` group's windows the cell reads: the leaderboard's calibration
         axis (None: it reads none of them)."""
         return requests["ids"].source if "ids" in requests else None
+
+    def calibration_passes(self, requests: Mapping[str, WindowRequest]) -> dict[str, int]:
+        """How many times each source's windows run through the model: once where read, 0 where
+        not (a method that iterates over its windows says how often)."""
+        read = {text for request in requests.values() for text in request.texts}
+        return {source: int(source in read) for source in ("general", "domain")}
+
+    def optimizer_steps(self, requests: Mapping[str, WindowRequest]) -> int | None:
+        """The optimizer steps pruning takes (None: a method that takes none)."""
+        return None
+
+    def budget(self, requests: Mapping[str, WindowRequest],
+               calibration: Calibration | None = None) -> dict[str, Any]:
+        """What the cell's calibration consumes (core.calibration.calibration_budget, from the drawn
+        windows when given) with this method's passes and optimizer steps: the record's `budget`."""
+        return {**calibration_budget(requests, calibration), "passes": self.calibration_passes(requests),
+                "optimizer_steps": self.optimizer_steps(requests)}
 
     def check_world(self, world: World) -> None:
         """Settings that must suit the cell's processes (checked before the model loads)."""

@@ -1,8 +1,9 @@
 """The result store: one JSON record per cell, named by a hash of what the cell computes,
 written atomically so a killed cell leaves no partial record and a rerun can skip finished ones.
 
-Record layout (RECORD_VERSION 3; version 2 had no `metrics_ci` / `evidence`; `allocation` came
-later within version 3, and its absence means uniform):
+Record layout (RECORD_VERSION 3; version 2 had no `metrics_ci` / `evidence`; `allocation` and
+`budget` came later within version 3: without `allocation` a cell is uniform, without `budget`
+the leaderboard derives it from the config, docs/results.md):
   key, version, created, status ("done")
   cell: {model, pruner, domain, sparsity, pattern, calib, allocation, seed, eval}   -- the grid
         coordinates; `sparsity` is the target (N:M: 1 - N/M; under OWL the mean over the pruned
@@ -19,6 +20,9 @@ later within version 3, and its absence means uniform):
               sparsities}: the per-layer sparsities and the outlier ratios they came from
   eval: {seconds, details}
   memory: {peak_rss_mb, peak_cuda_mb}
+  budget: {tokens: {general, domain}, windows: {slot: {source, windows, seqlen, domain_windows}},
+          passes: {general, domain}, optimizer_steps, prune_seconds, peak_memory_mb, derived}:
+          what the calibration consumed (`budget_block`)
   world: {size, backend}: the processes the cell ran on (1, null: one process; how it ran, not
          what it computes, so not part of the key)
   versions, git, samples (generated texts), masks (path relative to the record, or null),
@@ -134,12 +138,25 @@ def git_revision() -> str:
         return "unknown"
 
 
+def budget_block(consumed: Mapping[str, Any], prune_seconds: float | None,
+                 memory: Mapping[str, float | None] | None, derived: bool = False) -> dict[str, Any]:
+    """The record's `budget`: what the calibration consumed (Pruner.budget: tokens, windows,
+    passes, optimizer steps) with the prune cost beside it, the peak memory being the
+    accelerator's where the cell ran on one, else the process's resident memory; `derived`: built
+    from an older record's config, not counted from the windows drawn."""
+    memory = memory or {}
+    peak = memory.get("peak_cuda_mb")
+    return {**consumed, "prune_seconds": prune_seconds,
+            "peak_memory_mb": memory.get("peak_rss_mb") if peak is None else peak, "derived": derived}
+
+
 def new_record(key: str, config: Mapping[str, Any], *, pruner: str, calib_source: str | None,
                evaluation: EvalResult, sparsity: Mapping[str, Any], prune_seconds: float,
                prune_stages: Mapping[str, Any], matrices: list[dict[str, Any]],
                memory: Mapping[str, float | None], world: Mapping[str, Any] | None = None,
-               layers: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A finished cell's record in the layout above, with an interval for every metric."""
+               budget: Mapping[str, Any], layers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A finished cell's record in the layout above, with an interval for every metric;
+    `budget`: what its calibration consumed (Pruner.budget), completed by `budget_block`."""
     return {
         "key": key, "version": RECORD_VERSION, "status": "done",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -156,6 +173,7 @@ def new_record(key: str, config: Mapping[str, Any], *, pruner: str, calib_source
         "eval": {"seconds": evaluation.seconds, "details": dict(evaluation.details)},
         "memory": dict(memory), "world": dict(world or {"size": 1, "backend": None}),
         "versions": versions(), "git": git_revision(), "samples": dict(evaluation.samples),
+        "budget": budget_block(budget, prune_seconds, memory),
         "evidence": dict(evaluation.evidence), "masks": None,
     }
 

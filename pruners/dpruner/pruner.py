@@ -104,6 +104,19 @@ class DPruner(Pruner):
         source = super().calibration_source(requests)
         return source if source or "reconstruct" not in requests else requests["reconstruct"].source
 
+    def calibration_passes(self, requests: Mapping[str, WindowRequest]) -> dict[str, int]:
+        """The domain windows run through once per epoch while the weights follow SGD; frozen
+        weights take one epoch (`DPrunerOptions.steps`)."""
+        passes = super().calibration_passes(requests)
+        if self.options.needs_domain and self.options.update_weights:
+            passes["domain"] = self.options.epochs
+        return passes
+
+    def optimizer_steps(self, requests: Mapping[str, WindowRequest]) -> int | None:
+        """The SGD steps of the domain pass: one per batch of `batch_size` domain windows (the last
+        may be short), every epoch; None with frozen weights or without a domain pass."""
+        o = self.options
+        return o.steps(requests["domain"].nsamples) if o.needs_domain and o.update_weights else None
 
     def calibration_requests(self, calib: Mapping[str, Any]) -> dict[str, WindowRequest]:
         """General windows (the `calib` group's sizes, always C4-like general text) while G is
