@@ -24,7 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,7 +61,7 @@ def domain_setup(model_name: str, domain: str, windows: int | None,
     pruner = cell.pruner
     o = pruner.options
     store = torch.device("cpu") if o.buffers_on_cpu else device
-    with scratch_folder(o.scratch_dir, "dpruner-bench") if o.on_disk(device) else _nothing() as scratch:
+    with scratch_folder(o.scratch_dir, "dpruner-bench") if o.on_disk(device) else nullcontext() as scratch:
         G = {}
         if o.regularized:
             general = calibration["general"][:GENERAL_WINDOWS]
@@ -70,11 +70,6 @@ def domain_setup(model_name: str, domain: str, windows: int | None,
         yield {"model": model, "ids": calibration["domain"], "options": o, "device": device, "store": store,
                "G": G, "original": original, "runtime_mb": runtime_mb, "model_name": model_name,
                "domain": domain}
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
 
 
 def restore(setup: dict[str, Any]) -> None:
