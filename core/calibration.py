@@ -102,6 +102,11 @@ class ExampleWindows:
     def __len__(self) -> int:
         return self.ids.shape[0]
 
+    @property
+    def shape(self) -> torch.Size:
+        """[n, longest], as a tensor of windows states its size."""
+        return self.ids.shape
+
     def batches(self, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(ids, mask) of every `size` windows in order, padded to that batch's longest."""
         out = []
@@ -111,7 +116,6 @@ class ExampleWindows:
             mask = torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)
             out.append((self.ids[start : start + size, :longest], mask.long()))
         return out
-
 
 
 class Calibration(dict[str, "torch.Tensor | ExampleWindows"]):
