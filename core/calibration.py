@@ -6,7 +6,8 @@ set it reads); slots asking for the same windows share one set. The same request
 files are checked before the model loads, which calibration settings enter the cell's record key,
 and which windows are built, so that the rule lives in one place. Windows are `[nsamples, seqlen]`
 token ids drawn with the cell's seed from documents joined end to end (EOS between them), so a
-window can be longer than any one document."""
+window can be longer than any one document; or, for domain windows with `windows=whole_examples`,
+one rendered example each (`ExampleWindows`), as a trainer over a dataset of examples sees them."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from core.errors import ConfigError
 
 SOURCES = ("general", "domain", "mixed")
 CALIB_KEYS = ("source", "nsamples", "seqlen", "mix")  # the `calib` config group
+WINDOWS = ("random", "whole_examples")  # how domain windows are cut from the rendered texts
+PAD_ID = 0  # whole-example padding: right of every real token and outside the loss, so any id serves
 COUNT_CHUNK = 8  # documents tokenized at a time while counting (stops soon after enough are seen)
 OVERLAP_WARNING = 2.0  # windows per token, on average, above which most window tokens are repeats
 
@@ -39,17 +42,27 @@ class WindowRequest:
     options, which are in the key already)."""
 
     source: str  # general | domain | mixed
-    nsamples: int
-    seqlen: int
+    nsamples: int | None  # None: every example (whole_examples only)
+    seqlen: int  # whole_examples: the length each example is truncated at
     mix: float = 0.5  # mixed: the fraction of domain windows
     calib_keys: tuple[str, ...] = ()
+    windows: str = "random"  # random | whole_examples (domain only)
+    # domain: the domain.calib sources read, each with its item limit (None: every source as configured)
+    sources: tuple[tuple[str, int | None], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ConfigError(f"calib.source={self.source!r}; choose one of {', '.join(SOURCES)}")
-        if self.nsamples < 1 or self.seqlen < 2:
-            raise ConfigError(f"calibration needs nsamples >= 1 and seqlen >= 2, got "
-                              f"{self.nsamples} x {self.seqlen}")
+        if self.windows not in WINDOWS:
+            raise ConfigError(f"pruner.domain_calib.windows={self.windows!r}; "
+                              f"choose one of {', '.join(WINDOWS)}")
+        if self.source != "domain" and (self.windows != "random" or self.sources is not None):
+            raise ConfigError(f"{self.source} calibration windows are random windows of every source; "
+                              "whole_examples and a source selection apply to domain windows only")
+        whole = self.windows == "whole_examples"
+        if (self.nsamples is None and not whole) or (self.nsamples or 1) < 1 or self.seqlen < 2:
+            raise ConfigError(f"calibration needs nsamples >= 1 (null: every example, whole_examples only) "
+                              f"and seqlen >= 2, got {self.nsamples} x {self.seqlen}")
         if self.source == "mixed" and not 0.0 <= self.mix <= 1.0:
             raise ConfigError(f"calib.mix={self.mix!r} must be in [0, 1] (the fraction of domain windows)")
 
@@ -65,9 +78,49 @@ class WindowRequest:
         """Which text sources the windows come from."""
         return ("general", "domain") if self.source == "mixed" else (self.source,)
 
+    def domain_calib(self, domain_calib: Mapping[str, Any]) -> Mapping[str, Any]:
+        """`domain.calib` as this request reads it: only the selected sources, each with its limit."""
+        if self.sources is None:
+            return domain_calib
+        configured = domain_calib.get("sources") or {}
+        unknown = [name for name, _ in self.sources if name not in configured]
+        if unknown:
+            raise ConfigError(f"pruner.domain_calib.sources names {', '.join(unknown)}, not a source of "
+                              f"domain.calib; choose among {', '.join(configured) or 'none'}")
+        chosen = {name: {**configured[name], "limit": limit} for name, limit in self.sources}
+        return {**domain_calib, "sources": chosen}
 
-class Calibration(dict[str, torch.Tensor]):
-    """Token windows [n, seqlen] by the slot a method asked for them under (its requests' keys)."""
+
+@dataclass(frozen=True)
+class ExampleWindows:
+    """Whole examples of unequal length: `ids` [n, longest] right-padded with PAD_ID, and each
+    window's `lengths` [n]. Each batch is cut to its own longest window, with its attention mask."""
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def shape(self) -> torch.Size:
+        """[n, longest], as a tensor of windows states its size."""
+        return self.ids.shape
+
+    def batches(self, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(ids, mask) of every `size` windows in order, padded to that batch's longest."""
+        out = []
+        for start in range(0, len(self), size):
+            lengths = self.lengths[start : start + size]
+            longest = int(lengths.max())
+            mask = torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)
+            out.append((self.ids[start : start + size, :longest], mask.long()))
+        return out
+
+
+class Calibration(dict[str, "torch.Tensor | ExampleWindows"]):
+    """Token windows [n, seqlen] (or `ExampleWindows`) by the slot a method asked for them under
+    (its requests' keys)."""
 
     @property
     def ids(self) -> torch.Tensor | None:
@@ -87,15 +140,17 @@ def calibration_files(requests: Mapping[str, WindowRequest], general_spec: Mappi
         texts["general"] = load_texts(general_spec, root, "data.general.calib")
         if not general_spec.get("hub"):
             files.append(data_path(root, general_spec["path"]))
-    if "domain" in wanted:
-        if domain_calib.get("max_tokens") is not None:
-            as_int("domain.calib.max_tokens", domain_calib["max_tokens"], 1)
-        texts["domain"] = domain_texts(domain_calib, root)
-        for spec in domain_calib["sources"].values():
-            files += [data_path(root, spec[key]) for key in ("path", "exclude_ids") if spec.get(key)]
+    if "domain" in wanted and domain_calib.get("max_tokens") is not None:
+        as_int("domain.calib.max_tokens", domain_calib["max_tokens"], 1)
+    for request in requests.values():
+        if "domain" in request.texts and ("domain", request.sources) not in texts:
+            read = request.domain_calib(domain_calib)
+            texts["domain", request.sources] = domain_texts(read, root)
+            for spec in read["sources"].values():
+                files += [data_path(root, spec[key]) for key in ("path", "exclude_ids") if spec.get(key)]
     if tokenizer is not None:
         check_streams(requests, tokenizer, texts, domain_calib, seed)
-    return files
+    return list(dict.fromkeys(files))
 
 
 def check_context(requests: Mapping[str, WindowRequest], context: int | None) -> None:
@@ -170,15 +225,35 @@ def domain_windows(tokenizer: Any, calib_cfg: Mapping[str, Any], data_root: Path
     return sample_windows(stream, nsamples, seqlen, seed)
 
 
-def check_streams(requests: Mapping[str, WindowRequest], tokenizer: Any, texts: Mapping[str, list[str]],
+def example_windows(tokenizer: Any, texts: list[str], nsamples: int | None, seqlen: int,
+                    seed: int) -> ExampleWindows:
+    """One window per rendered example, in the seeded shuffled order (`domain_stream`'s), each
+    the example's tokens as the tokenizer encodes one text, truncated at `seqlen`; the first
+    `nsamples` of them (None: every example, one pass over the sources)."""
+    texts = list(texts)
+    random.Random(seed).shuffle(texts)
+    texts = texts[:nsamples]
+    rows = [ids[:seqlen] for ids in tokenizer(texts).input_ids]
+    lengths = torch.tensor([len(ids) for ids in rows], dtype=torch.long)
+    ids = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for row, tokens in zip(ids, rows, strict=True):
+        row[: len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    return ExampleWindows(ids, lengths)
+
+
+def check_streams(requests: Mapping[str, WindowRequest], tokenizer: Any, texts: Mapping[Any, list[str]],
                   domain_calib: Mapping[str, Any], seed: int) -> None:
-    """Before the model loads: each text the windows are drawn from (`texts`: general, domain)
-    must hold more than one window (else sampling fails), and windows that would mostly repeat
-    the same tokens (each token in more than OVERLAP_WARNING windows on average) get one
-    `warning:` line. Only as many tokens are counted as these two questions need, with the
-    streams the windows are built from, a few documents at a time."""
+    """Before the model loads: each text the windows are drawn from (`texts`: "general", and
+    ("domain", the request's source selection)) must hold more than one window (else sampling
+    fails), and windows that would mostly repeat the same tokens (each token in more than
+    OVERLAP_WARNING windows on average) get one `warning:` line. Only as many tokens are counted
+    as these two questions need, with the streams the windows are built from, a few documents at
+    a time. Whole-example windows need only enough examples."""
     seen = set()
     for request in requests.values():
+        if request.windows == "whole_examples":
+            _check_examples(request, len(texts["domain", request.sources]))
+            continue
         k = round(request.nsamples * request.mix) if request.source == "mixed" else request.nsamples
         for text in request.texts:
             used = request.nsamples - k if text == "general" and request.source == "mixed" else k
@@ -191,9 +266,16 @@ def check_streams(requests: Mapping[str, WindowRequest], tokenizer: Any, texts: 
             else:
                 budget = domain_calib.get("max_tokens")
                 where = "domain.calib" + ("" if budget is None else f", max_tokens={budget}")
-                stream = domain_stream(tokenizer, texts[text], domain_calib, request.seqlen, seed, need,
-                                       COUNT_CHUNK)
+                stream = domain_stream(tokenizer, texts[text, request.sources], domain_calib, request.seqlen,
+                                       seed, need, COUNT_CHUNK)
             _check_stream(where, request, used, stream.numel())
+
+
+def _check_examples(request: WindowRequest, examples: int) -> None:
+    if request.nsamples is not None and request.nsamples > examples:
+        raise ConfigError(f"pruner.domain_calib.nsamples={request.nsamples} whole examples, but the "
+                          f"selected domain.calib sources hold {examples:,}; use at most {examples} "
+                          "(null: all of them)")
 
 
 def _check_stream(where: str, request: WindowRequest, used: int, tokens: int) -> None:
@@ -227,10 +309,10 @@ def build_calibration(requests: Mapping[str, WindowRequest], tokenizer: Any,
                       seed: int) -> Calibration:
     """The windows of every request, each drawn with `seed`."""
     calibration = Calibration()
-    built: dict[tuple, torch.Tensor] = {}  # slots asking for the same windows share them
+    built: dict[tuple, torch.Tensor | ExampleWindows] = {}  # slots asking for the same windows share them
     for slot, request in requests.items():
         mix = request.mix if request.source == "mixed" else None
-        same = (request.source, request.nsamples, request.seqlen, mix)
+        same = (request.source, request.nsamples, request.seqlen, mix, request.windows, request.sources)
         if same in built:
             calibration[slot] = built[same]
             continue
@@ -238,8 +320,11 @@ def build_calibration(requests: Mapping[str, WindowRequest], tokenizer: Any,
         general = domain = None
         if "general" in request.texts:
             general = general_windows(tokenizer, general_spec, root, n, seqlen, seed)
-        if "domain" in request.texts:
-            domain = domain_windows(tokenizer, domain_calib, root, n, seqlen, seed)
+        if request.windows == "whole_examples":
+            texts = domain_texts(request.domain_calib(domain_calib), root)
+            domain = example_windows(tokenizer, texts, n, seqlen, seed)
+        elif "domain" in request.texts:
+            domain = domain_windows(tokenizer, request.domain_calib(domain_calib), root, n, seqlen, seed)
         windows = mixed_windows(general, domain, request.mix) if request.source == "mixed" else general
         built[same] = domain if request.source == "domain" else windows
         calibration[slot] = built[same]

@@ -98,7 +98,8 @@ def cell_config(config: dict[str, Any], *, dense: bool, sparsity: float, pattern
     `sparsity` is what the pattern gives (dense: 0, N:M: 1 - N/M), `calib` holds only the
     calibration settings the method reads (`calib`; None drops the group). Settings added after
     records existed are left out at their defaults, so those records keep their keys: `allocation`
-    with its `owl` group when uniform (dense is always uniform), `pruner.reconstruct` when none."""
+    with its `owl` group when uniform (dense is always uniform), `pruner.reconstruct` when none,
+    `pruner.domain_calib.windows` when random and `.sources` when null."""
     config = dict(config)
     config["sparsity"], config["pattern"] = (0.0, "unstructured") if dense else (sparsity, pattern)
     if dense or allocation == "uniform":
@@ -106,6 +107,11 @@ def cell_config(config: dict[str, Any], *, dense: bool, sparsity: float, pattern
         config.pop("owl", None)
     if isinstance(config.get("pruner"), dict) and config["pruner"].get("reconstruct") == "none":
         config["pruner"] = {k: v for k, v in config["pruner"].items() if k != "reconstruct"}
+    pruner = config.get("pruner")
+    if isinstance(pruner, dict) and isinstance(pruner.get("domain_calib"), dict):
+        defaults = (("windows", "random"), ("sources", None))  # added later: left out at defaults
+        size = {k: v for k, v in pruner["domain_calib"].items() if (k, v) not in defaults}
+        config["pruner"] = {**pruner, "domain_calib": size}
     if calib is None:
         config.pop("calib", None)
     else:

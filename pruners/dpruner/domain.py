@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from core.calibration import ExampleWindows
 from core.memory import large_blocks_returned_at_once
 from core.structure import decoder_layers, model_linears
 from pruners.dpruner.formulas import (
@@ -38,6 +39,7 @@ from pruners.dpruner.options import DPrunerOptions
 from pruners.driver import batches
 
 Tensors = Mapping[str, torch.Tensor]
+Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # windows, or whole examples with their mask
 
 
 @dataclass
@@ -168,13 +170,13 @@ def backprop_mode(model: nn.Module, params: list[nn.Parameter], checkpointing: b
             p.grad = None
 
 
-def exact_step(loss: NextTokenLoss, batch: torch.Tensor, matrices: list[MatrixScore],
-               consumer: GradientConsumer, current: Pass) -> None:
+def exact_step(loss: NextTokenLoss, batch: torch.Tensor, mask: torch.Tensor | None,
+               matrices: list[MatrixScore], consumer: GradientConsumer, current: Pass) -> None:
     """Regulariser gradient 2 lambda alpha^2 H (G * g) by double backward (small models): all
     gradients are alive at once, so the clip uses this step's own norm."""
     o = consumer.options
     params = [m.param for m in matrices]
-    grads = torch.autograd.grad(loss(batch), params, create_graph=True)
+    grads = torch.autograd.grad(loss(batch, mask), params, create_graph=True)
     Gs = [consumer.G[m.name].to(g.device) for m, g in zip(matrices, grads, strict=True)]
     regs = exact_regularizer_grads(grads, params, Gs, o.lambda_, o.lr)
     grads = [g.detach().float() for g in grads]
@@ -192,8 +194,8 @@ def score_buffers(name: str, param: nn.Parameter | torch.Tensor, store: torch.de
                        torch.zeros((), device=device), torch.zeros((), device=device))
 
 
-def run_trajectory(options: DPrunerOptions, chunks: list[torch.Tensor], total: int,
-                   backward: Callable[[torch.Tensor, Pass], None], progress: bool) -> None:
+def run_trajectory(options: DPrunerOptions, chunks: list[Batch], total: int,
+                   backward: Callable[[Batch, Pass], None], progress: bool) -> None:
     """Every step's passes over the batches in turn (epochs wrap around)."""
     trajectory = Trajectory(options, total)
     for step in tqdm(range(total), desc="dpruner domain", unit="batch", disable=not progress):
@@ -211,12 +213,18 @@ def matrix_notes(matrices: list[MatrixScore], total: int) -> dict[str, dict]:
     return notes
 
 
-def domain_importance(model: nn.Module, ids: torch.Tensor, G: Tensors, dense: Tensors | None,
+def domain_batches(windows: torch.Tensor | ExampleWindows, size: int) -> list[Batch]:
+    """Batches of `size` windows; whole examples each padded to its longest, with its mask."""
+    return windows.batches(size) if isinstance(windows, ExampleWindows) else batches(windows, size)
+
+
+def domain_importance(model: nn.Module, ids: torch.Tensor | ExampleWindows, G: Tensors, dense: Tensors | None,
                       options: DPrunerOptions, device: torch.device, store: torch.device,
                       progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """I for every pruned matrix over the domain windows `ids`, and per matrix the size of the
-    regulariser next to the gradient (mean |reg| / mean |g|)."""
-    total = options.steps(ids.shape[0])
+    """I for every pruned matrix over the domain windows `ids` (or whole examples), and per
+    matrix the size of the regulariser next to the gradient (mean |reg| / mean |g|)."""
+    total = options.steps(len(ids))
+    probe = (ids.ids if isinstance(ids, ExampleWindows) else ids)[:1, :16]
     with ExitStack() as stack:
         stack.enter_context(large_blocks_returned_at_once(options.returns_freed_memory(device, store)))
         model.to(device)
@@ -227,17 +235,19 @@ def domain_importance(model: nn.Module, ids: torch.Tensor, G: Tensors, dense: Te
                                           options.gradient_checkpointing and not options.exact,
                                           eager=options.exact))
         chunk = None if options.exact else options.loss_chunk  # double backward: the model's own loss
-        loss = NextTokenLoss(model, chunk, ids[:1, :16].to(device))
+        loss = NextTokenLoss(model, chunk, probe.to(device))
         if not options.exact:
             for m in matrices:
                 stack.callback(m.param.register_post_accumulate_grad_hook(partial(consumer.hook, m)).remove)
 
-        def backward(batch: torch.Tensor, current: Pass) -> None:
+        def backward(batch: Batch, current: Pass) -> None:
+            tokens, mask = batch if isinstance(batch, tuple) else (batch, None)
+            tokens, mask = tokens.to(device), None if mask is None else mask.to(device)
             if options.exact:
-                exact_step(loss, batch.to(device), matrices, consumer, current)
+                exact_step(loss, tokens, mask, matrices, consumer, current)
             else:
                 consumer.current = current
-                loss.backward(batch.to(device))
+                loss.backward(tokens, mask)
 
-        run_trajectory(options, batches(ids, options.batch_size), total, backward, progress)
+        run_trajectory(options, domain_batches(ids, options.batch_size), total, backward, progress)
     return {m.name: m.importance for m in matrices}, matrix_notes(matrices, total)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
+IGNORE = -100  # label of a padding position: no loss, no gradient
 
 
 def _plain_head(model: nn.Module, probe: torch.Tensor) -> bool:
@@ -45,26 +46,35 @@ class NextTokenLoss:
         if chunk_tokens is not None and not self.chunked:
             log.info("logits are not a plain head over the base model; using the model's own loss")
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """The differentiable loss (the model's own computation; for double backward)."""
-        return self.model(input_ids=batch, labels=batch, use_cache=False).loss
+    def __call__(self, batch: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The differentiable loss (the model's own computation; for double backward). With a
+        `mask` (right-padded whole examples), padding is attended to by nothing and scored nowhere."""
+        if mask is None:
+            return self.model(input_ids=batch, labels=batch, use_cache=False).loss
+        labels = batch.masked_fill(mask == 0, IGNORE)
+        return self.model(input_ids=batch, attention_mask=mask, labels=labels, use_cache=False).loss
 
-    def backward(self, batch: torch.Tensor) -> float:
-        """Back-propagate the loss of `batch` into the parameters; returns its value."""
+    def backward(self, batch: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+        """Back-propagate the loss of `batch` (mean over its real next tokens) into the
+        parameters; returns its value."""
         if not self.chunked:
-            loss = self(batch)
+            loss = self(batch, mask)
             loss.backward()
             return float(loss.detach())
-        hidden = self.model.base_model(input_ids=batch, use_cache=False).last_hidden_state
+        padding = {} if mask is None else {"attention_mask": mask}
+        hidden = self.model.base_model(input_ids=batch, use_cache=False, **padding).last_hidden_state
         inputs = hidden.detach()[:, :-1].reshape(-1, hidden.shape[-1])
-        targets = batch[:, 1:].reshape(-1).to(hidden.device)
+        targets = (batch if mask is None else batch.masked_fill(mask == 0, IGNORE))[:, 1:]
+        targets = targets.reshape(-1).to(hidden.device)
+        scored = targets.numel() if mask is None else int((targets != IGNORE).sum())
         head = self.model.get_output_embeddings()
         grads, total = [], 0.0
         for start in range(0, targets.numel(), self.chunk):
             part = inputs[start : start + self.chunk].detach().requires_grad_(True)
             logits = head(part).float()
-            loss = F.cross_entropy(logits, targets[start : start + self.chunk], reduction="sum")
-            loss = loss / targets.numel()
+            loss = F.cross_entropy(logits, targets[start : start + self.chunk], reduction="sum",
+                                   ignore_index=IGNORE)
+            loss = loss / scored
             grads.append(torch.autograd.grad(loss, part)[0])
             total += float(loss.detach())
         grad_hidden = torch.zeros_like(hidden)

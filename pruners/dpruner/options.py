@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from core.checks import as_bool, as_float, as_int, choice
+from core.errors import ConfigError
 
 IMPORTANCE = ("dual", "general_only", "domain_only")
 REGULARIZERS = ("paper", "anchor")
@@ -20,11 +21,37 @@ REGULARIZER_GRADS = ("fisher", "exact", "none")
 CLIPS = ("lagged", "two_pass")
 SCRATCH = ("auto", "memory", "disk")
 RECONSTRUCT = ("none", "general", "mixed")
-DOMAIN_CALIB = {"nsamples": 32, "seqlen": 256}
+DOMAIN_CALIB = {"nsamples": 32, "seqlen": 256, "windows": "random", "sources": None}
+WINDOWS = ("random", "whole_examples")
 
 
 def _folder(value: str | None) -> Path | None:
     return Path(os.path.expanduser(str(value))) if value else None
+
+
+def _domain_calib(given: Mapping[str, Any]) -> dict[str, Any]:
+    """pruner.domain_calib: window sizes, how windows are cut (random windows of the joined texts,
+    or one whole example each, where nsamples null means every example), and which domain.calib
+    sources they read ({name: item limit or null}; null: every source as the domain configures it)."""
+    unknown = sorted(set(given) - set(DOMAIN_CALIB))
+    if unknown:
+        raise ConfigError(f"pruner.domain_calib.{unknown[0]} is not a setting; choose among "
+                          f"{', '.join(DOMAIN_CALIB)}")
+    value = {**DOMAIN_CALIB, **given}
+    windows = choice("pruner.domain_calib.windows", value["windows"], WINDOWS)
+    nsamples = value["nsamples"]
+    if nsamples is not None or windows == "random":
+        nsamples = as_int("pruner.domain_calib.nsamples", nsamples, 1)
+    sources = value["sources"]
+    if sources is not None:
+        if not isinstance(sources, Mapping) or not sources:
+            raise ConfigError(f"pruner.domain_calib.sources={sources!r}; give a mapping of domain.calib "
+                              "source names to item limits (null: all of that source), or null for all")
+        where = "pruner.domain_calib.sources"
+        sources = {str(name): None if limit is None else as_int(f"{where}.{name}", limit, 1)
+                   for name, limit in sources.items()}
+    return {"nsamples": nsamples, "seqlen": as_int("pruner.domain_calib.seqlen", value["seqlen"], 1),
+            "windows": windows, "sources": sources}
 
 
 @dataclass(frozen=True)
@@ -52,10 +79,9 @@ class DPrunerOptions:
     scratch: str = "auto"  # where G and the dense copy live: memory | disk | auto (disk on a CPU)
     scratch_dir: Path | None = None  # disk scratch folder (None: the system temp dir)
     cache_dir: Path | None = None  # G cached by model weights + general windows (None: off)
-    domain_calib: Mapping[str, int] = field(default_factory=lambda: dict(DOMAIN_CALIB))
+    domain_calib: Mapping[str, Any] = field(default_factory=lambda: dict(DOMAIN_CALIB))
 
     def __post_init__(self) -> None:
-        given = dict(self.domain_calib or {})
         values: dict[str, Any] = {
             "importance": choice("pruner.importance", self.importance, IMPORTANCE),
             "regularizer": choice("pruner.regularizer", self.regularizer, REGULARIZERS),
@@ -78,8 +104,7 @@ class DPrunerOptions:
                for flag in ("update_weights", "blocking", "gradient_checkpointing", "buffers_on_cpu",
                             "return_freed_memory")},
             "scratch_dir": _folder(self.scratch_dir), "cache_dir": _folder(self.cache_dir),
-            "domain_calib": {key: as_int(f"pruner.domain_calib.{key}", given.get(key, default), 1)
-                             for key, default in DOMAIN_CALIB.items()},
+            "domain_calib": _domain_calib(dict(self.domain_calib or {})),
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -101,6 +126,11 @@ class DPrunerOptions:
     def exact(self) -> bool:
         """The paper form's regulariser gradient by double backward (a Hessian-vector product)."""
         return self.regularized and self.regularizer == "paper" and self.regularizer_grad == "exact"
+
+    @property
+    def whole_examples(self) -> bool:
+        """Domain windows of one rendered example each (padded per batch), not random windows."""
+        return self.domain_calib["windows"] == "whole_examples"
 
     def steps(self, windows: int) -> int:
         """Backward steps over `windows` domain windows; frozen weights take one epoch, since more

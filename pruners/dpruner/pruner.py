@@ -77,6 +77,8 @@ def check_world(o: DPrunerOptions, world: World) -> None:
     the batch mean), and the double-backward regulariser is single-process only."""
     if not world.distributed or not o.needs_domain:
         return
+    if o.whole_examples:  # batches of unequal token counts would not average to the batch mean
+        raise ConfigError("pruner.domain_calib.windows=whole_examples runs on one process only")
     if o.exact:
         raise ConfigError("pruner.regularizer_grad=exact (double backward) runs on one process only")
     for key, value in (("pruner.batch_size", o.batch_size), ("pruner.domain_calib.nsamples",
@@ -127,7 +129,10 @@ class DPruner(Pruner):
                                                 as_int("calib.seqlen", calib["seqlen"]),
                                                 calib_keys=("nsamples", "seqlen"))
         if o.needs_domain:
-            requests["domain"] = WindowRequest("domain", o.domain_calib["nsamples"], o.domain_calib["seqlen"])
+            size, sources = o.domain_calib, o.domain_calib["sources"]
+            requests["domain"] = WindowRequest("domain", size["nsamples"], size["seqlen"],
+                                               windows=size["windows"],
+                                               sources=None if sources is None else tuple(sources.items()))
         if o.reconstruct != "none":  # the `calib` group's sizes, as SparseGPT with calib=<source>
             keys = ("nsamples", "seqlen", "mix") if o.reconstruct == "mixed" else ("nsamples", "seqlen")
             requests["reconstruct"] = replace(WindowRequest.from_calib(calib), source=o.reconstruct,
