@@ -90,9 +90,10 @@ def world_from_env(environ: Mapping[str, str] | None = None) -> World:
 
 
 def check_shares(requests: Mapping[str, Any], world: World) -> None:
-    """Every rank needs at least one window of every calibration set (its share of the sums)."""
+    """Every rank needs at least one window of every calibration set (its share of the sums); a
+    set of every example (nsamples None) is as large as its sources."""
     for slot, request in requests.items():
-        if request.nsamples < world.size:
+        if request.nsamples is not None and request.nsamples < world.size:
             raise ConfigError(f"{request.nsamples} {slot} calibration windows for {world.size} processes; "
                               "every process needs at least one (raise nsamples)")
 
