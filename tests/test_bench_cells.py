@@ -16,11 +16,12 @@ from bench.cell import validate
 from bench.perf import dpruner_lambda, gpu_check
 from bench.perf.cell import bench_cell, compose_config, pruner_overrides
 from core.errors import ConfigError
-from pruners import Pruner
+from pruners import REGISTRY, Pruner
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model=tiny-llama", "eval=smoke", "calib.nsamples=4", "calib.seqlen=32", "driver.progress=false"]
-BUILDERS = {"from_config", "build", "build_pruner", "build_calibration"}  # run.py's own steps
+BUILDERS = {"from_config", "build", "build_pruner", "build_calibration",  # run.py's own steps,
+            *(cls.__name__ for cls in REGISTRY.values())}  # and every method's constructor
 
 
 def settings(pruner: Pruner) -> str:
@@ -46,7 +47,8 @@ def by_run(overrides: list[str]) -> Any:
 
 
 def test_no_benchmark_builds_a_pruner_or_windows_of_its_own() -> None:
-    """Only bench/cell.py calls the builders; a benchmark gets its cell from `bench_cell`."""
+    """Only bench/cell.py calls the builders or a method's constructor; a benchmark gets its cell
+    from `bench_cell`."""
     for path in sorted((ROOT / "bench" / "perf").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call):

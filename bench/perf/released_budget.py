@@ -13,27 +13,20 @@ import math
 import os
 import platform
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from bench.perf.cell import compose_config
-from core.calibration import ExampleWindows, WindowRequest, build_calibration
-from core.data import resolve_data_root
+from bench.cell import ValidatedCell
+from bench.perf.cell import bench_cell
+from core.calibration import ExampleWindows, WindowRequest
 from core.files import write_atomic
 from core.paths import project_path
 from pruners.dpruner import DPruner
 
 MODULE = "bench.perf.released_budget"
 OVERRIDES = ["pruner=dpruner", "+dpruner_variant=released", "domain=legal", "pruner.cache_dir=null"]
-
-
-def plain_pruner(cfg: Any) -> DPruner:
-    from omegaconf import OmegaConf
-
-    options = OmegaConf.to_container(cfg.pruner, resolve=True)
-    options.pop("_target_")
-    return DPruner(driver={"progress": False}, **options)
 
 
 def count(windows: ExampleWindows, request: WindowRequest, batch: int, epochs: int) -> dict[str, int]:
@@ -43,6 +36,11 @@ def count(windows: ExampleWindows, request: WindowRequest, batch: int, epochs: i
     return {"examples": len(windows), "tokens": int(lengths.sum()), "padded": padded,
             "truncated": int((lengths == request.seqlen).sum()), "longest": int(lengths.max()),
             "steps": math.ceil(len(windows) / batch) * epochs}
+
+
+def windows_of(cell: ValidatedCell, request: WindowRequest, tokenizer: Any) -> ExampleWindows:
+    """The cell's own domain windows, drawn as the cell draws them, for one source selection."""
+    return replace(cell, requests={"domain": request}).calibration(tokenizer)["domain"]
 
 
 def selections(request: WindowRequest) -> dict[str, WindowRequest]:
@@ -56,16 +54,13 @@ def selections(request: WindowRequest) -> dict[str, WindowRequest]:
     return chosen
 
 
-def timed_pass(cfg: Any, windows: ExampleWindows, steps: int) -> dict[str, float]:
+def timed_pass(cfg: Any, pruner: DPruner, windows: ExampleWindows, steps: int) -> dict[str, float]:
     """Seconds per padded token of one backward pass, from `steps` steps of the released options
     (epochs 1 over the first batches; G zeros, so the regulariser is computed but adds nothing)."""
-    from dataclasses import replace
-
     from core.models import load_model, resolve_device
     from core.structure import model_linears
     from pruners.dpruner.domain import domain_importance
 
-    pruner = plain_pruner(cfg)
     options = replace(pruner.options, epochs=1)
     batch = options.batch_size
     head = ExampleWindows(windows.ids[: steps * batch], windows.lengths[: steps * batch])
@@ -132,16 +127,14 @@ def main() -> None:
     args = parser.parse_args()
     from core.models import load_tokenizer
 
-    cfg = compose_config(OVERRIDES)
-    request = plain_pruner(cfg).calibration_requests(cfg.calib)["domain"]
+    cfg, cell = bench_cell([*OVERRIDES, "driver.progress=false"])
+    request = cell.requests["domain"]
     tokenizer = load_tokenizer(cfg.model)
-    root = resolve_data_root(cfg.data.root)
-    built = {name: build_calibration({"domain": one}, tokenizer, {}, cfg.domain.calib, root, cfg.seed)
-             for name, one in selections(request).items()}
-    built = {name: calibration["domain"] for name, calibration in built.items()}
+    built = {name: windows_of(cell, one, tokenizer) for name, one in selections(request).items()}
     counts = {name: count(windows, request, cfg.pruner.batch_size, cfg.pruner.epochs)
               for name, windows in built.items()}
-    timing = timed_pass(cfg, built["released variant"], args.timed_steps) if args.timed_steps else None
+    timing = (timed_pass(cfg, cell.pruner, built["released variant"], args.timed_steps)
+              if args.timed_steps else None)
     command = f"python -m {MODULE}" + ("" if args.timed_steps == 2 else f" --timed-steps {args.timed_steps}")
     path = write_atomic(project_path(args.out), report(cfg, counts, timing, command))
     print(path.read_text(encoding="utf-8"))
