@@ -25,9 +25,15 @@ FETCH_COMMAND = "python -m bench.data fetch"
 TEXT_FORMATS = {".jsonl": "jsonl", ".txt": "raw", ".raw": "raw", ".text": "raw", ".md": "raw"}
 
 
+def cache_root() -> Path:
+    """The suite's cache folder: $DPB_CACHE_DIR, else ~/.cache/dpruner-bench (model.cache_dir's
+    default too, conf/model/*.yaml)."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+
+
 def fetched_data_root() -> Path:
     """Where `python -m bench.data fetch` writes the data tree: <cache>/data."""
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser() / "data"
+    return cache_root() / "data"
 
 
 def resolve_data_root(root: str | None) -> Path:

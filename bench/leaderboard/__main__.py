@@ -19,7 +19,6 @@ every model, eval preset, sparsity and pattern whose records span more than one 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from collections import Counter, defaultdict
@@ -36,9 +35,10 @@ from bench.leaderboard.rows import Suite, slug
 from bench.leaderboard.seeds import group_cells
 from bench.leaderboard.table import build, label_cells, method_rank
 from bench.results.tracking import MODES, log_leaderboard
+from core.data import cache_root
 from core.files import write_atomic
 
-CACHE = Path(os.environ.get("DPB_CACHE_DIR", "~/.cache/dpruner-bench")) / "paired-differences.json"
+CACHE = cache_root() / "paired-differences.json"
 
 
 def entries(cells: Iterable[RecordCell]) -> list[plots.Entry]:
