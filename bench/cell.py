@@ -25,7 +25,6 @@ from core.calibration import (
     calibration_settings,
     check_context,
 )
-from core.checks import as_bool, as_int
 from core.data import CACHE_ENV, resolve_data_root
 from core.distributed import World, check_shares
 from core.files import check_folder_setting
@@ -83,9 +82,7 @@ def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     readers) before any weights load."""
     plain = checked_config(cfg)  # every key declared, every value normalised (bench/schema.py)
     inputs = start_cell()  # a fresh copy of the files this cell reads: no other cell's bytes
-    seed = as_int("seed", plain["seed"])
-    for flag in ("force", "save_masks", "save_model"):
-        as_bool(flag, plain[flag])
+    seed = plain["seed"]  # a whole number: the schema's (as are force, save_masks, save_model)
     pruner = build_pruner(plain)
     world = world or World()
     pruner.check_world(world)
