@@ -336,8 +336,9 @@ def calibration_budget(requests: Mapping[str, WindowRequest],
     """What the calibration consumed: per slot its windows (`source`, `windows`, `seqlen`,
     `domain_windows`: mixed windows open with round(n * mix) domain ones, as `mixed_windows`
     builds them), and the distinct tokens per source, each window set counted once however many
-    slots share it. From the drawn tensors when given; without them (records written before
-    budgets were recorded) from the sets `build_calibration` would draw for `requests`."""
+    slots share it; whole-example windows count their real tokens, no padding (`seqlen`: the
+    longest). From the drawn windows when given; without them (records written before budgets
+    were recorded) from the sets `build_calibration` would draw for `requests`."""
     tokens = {"general": 0, "domain": 0}
     windows, counted = {}, set()
     for slot, request in requests.items():
@@ -352,6 +353,9 @@ def calibration_budget(requests: Mapping[str, WindowRequest],
                          "domain_windows": int(k)}
         if shared not in counted:
             counted.add(shared)
+            if isinstance(drawn := (calibration or {}).get(slot), ExampleWindows):  # real tokens, no padding
+                tokens[request.source] += int(drawn.lengths.sum())
+                continue
             tokens["domain"] += int(k * seqlen)
             tokens["general"] += int((n - k) * seqlen)
     return {"tokens": tokens, "windows": windows}

@@ -70,16 +70,18 @@ class Pruner:
         read = {text for request in requests.values() for text in request.texts}
         return {source: int(source in read) for source in ("general", "domain")}
 
-    def optimizer_steps(self, requests: Mapping[str, WindowRequest]) -> int | None:
-        """The optimizer steps pruning takes (None: a method that takes none)."""
+    def optimizer_steps(self, windows: Mapping[str, Mapping[str, Any]]) -> int | None:
+        """The optimizer steps pruning takes over the windows counted per slot (`windows` of
+        calibration_budget: the drawn ones where known); None: a method that takes none."""
         return None
 
     def budget(self, requests: Mapping[str, WindowRequest],
                calibration: Calibration | None = None) -> dict[str, Any]:
         """What the cell's calibration consumes (core.calibration.calibration_budget, from the drawn
         windows when given) with this method's passes and optimizer steps: the record's `budget`."""
-        return {**calibration_budget(requests, calibration), "passes": self.calibration_passes(requests),
-                "optimizer_steps": self.optimizer_steps(requests)}
+        counted = calibration_budget(requests, calibration)
+        return {**counted, "passes": self.calibration_passes(requests),
+                "optimizer_steps": self.optimizer_steps(counted["windows"])}
 
     def check_world(self, world: World) -> None:
         """Settings that must suit the cell's processes (checked before the model loads)."""

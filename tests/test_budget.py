@@ -21,9 +21,10 @@ from bench.leaderboard.budget import derived_budget, panels, pareto, record_budg
 from bench.leaderboard.cells import read_cells
 from bench.results.records import save_record
 from core import distributed
-from core.calibration import domain_windows, general_windows
+from core.calibration import Calibration, ExampleWindows, domain_windows, general_windows
 from core.models import load_model
 from core.paths import CONF_DIR, PROJECT_ROOT
+from pruners import build
 from pruners.dpruner import domain
 from tests.test_leaderboard_uncertainty import perplexity, record
 
@@ -102,6 +103,21 @@ def test_dpruner_record_states_tokens_and_the_steps_it_took(tmp_path: Path,
 
 def committed(key: str) -> dict:
     return json.loads((COMMITTED / f"{key}.json").read_text(encoding="utf-8"))
+
+
+def test_whole_example_windows_count_their_real_tokens_and_steps() -> None:
+    """The released recipe's windows (every example, nsamples null): tokens are the examples'
+    own (no padding), steps come from the examples drawn (7 in batches of 2: 4 a pass)."""
+    lengths = torch.tensor([5, 3, 8, 1, 2, 6, 4])
+    windows = ExampleWindows(torch.zeros(7, 8, dtype=torch.long), lengths)
+    pruner = build("dpruner", importance="domain_only", batch_size=2, epochs=3,
+                   domain_calib={"nsamples": None, "seqlen": 8, "windows": "whole_examples"})
+    requests = pruner.calibration_requests({"source": "general", "nsamples": 4, "seqlen": 8})
+    assert requests["domain"].nsamples is None
+    budget = pruner.budget(requests, Calibration(domain=windows))
+    assert budget["tokens"] == {"general": 0, "domain": 29}
+    assert budget["windows"]["domain"]["windows"] == 7
+    assert budget["passes"]["domain"] == 3 and budget["optimizer_steps"] == 4 * 3
 
 
 def test_an_old_record_gets_its_budget_from_its_config() -> None:

@@ -114,11 +114,12 @@ class DPruner(Pruner):
             passes["domain"] = self.options.epochs
         return passes
 
-    def optimizer_steps(self, requests: Mapping[str, WindowRequest]) -> int | None:
+    def optimizer_steps(self, windows: Mapping[str, Mapping[str, Any]]) -> int | None:
         """The SGD steps of the domain pass: one per batch of `batch_size` domain windows (the last
-        may be short), every epoch; None with frozen weights or without a domain pass."""
+        may be short; whole examples are counted as drawn), every epoch; None with frozen weights
+        or without a domain pass."""
         o = self.options
-        return o.steps(requests["domain"].nsamples) if o.needs_domain and o.update_weights else None
+        return o.steps(windows["domain"]["windows"]) if o.needs_domain and o.update_weights else None
 
     def calibration_requests(self, calib: Mapping[str, Any]) -> dict[str, WindowRequest]:
         """General windows (the `calib` group's sizes, always C4-like general text) while G is
