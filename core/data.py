@@ -70,6 +70,9 @@ def data_path(root: Path, relative: str) -> Path:
 def text_spec(value: Any, where: str = "text") -> dict[str, Any]:
     """A text source as a mapping {path | hub, format, field}: a plain path takes its format from
     the extension (.jsonl: the `text` field; .txt/.raw/.text/.md: the whole file)."""
+    if not isinstance(value, str | os.PathLike | Mapping | None):
+        raise ConfigError(f"{where}={value!r} is not a text source: give a path (e.g. "
+                          f"{where}=/data/book.txt) or {{path: ..., format: jsonl|raw, field: ...}}")
     spec = {"path": value} if isinstance(value, str | os.PathLike) else dict(value or {})
     if not spec.get("path") and not spec.get("hub"):
         raise ConfigError(f"{where} names no file: give a path (e.g. {where}=/data/book.txt) or "

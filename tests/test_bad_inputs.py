@@ -98,6 +98,7 @@ SETTINGS = [
     case("domain.calib.sources.casehold.format=bogus", "pruner=dpruner"),
     case("+domain.tasks.foo=3", named="foo"),
     case("+domain.perplexity.mine=null", named="mine"),
+    case("+domain.perplexity.mine=1"),  # a number where a text source goes
 ]
 
 
