@@ -71,8 +71,20 @@ class RecordCell:
 
     @property
     def reconstruct(self) -> str:
-        """D-Pruner's weight reconstruction (`pruner.reconstruct`; none before it existed)."""
+        """The kept weights' update's source (`pruner.reconstruct`; none before it existed)."""
         return (self.record.get("config") or {}).get("pruner", {}).get("reconstruct", "none")
+
+    @property
+    def refine(self) -> str:
+        """The mask's refinement (`pruner.refine`; none before it existed)."""
+        return (self.record.get("config") or {}).get("pruner", {}).get("refine", "none")
+
+    @property
+    def follow_up(self) -> str:
+        """What followed the mask, as a label suffix: ` + dsnot`, ` + obs(mixed)`, or ''."""
+        parts = ([self.refine] if self.refine != "none" else [])
+        parts += [f"obs({self.reconstruct})"] if self.reconstruct != "none" else []
+        return "".join(f" + {part}" for part in parts)
 
     @property
     def seed(self) -> int | None:

@@ -17,7 +17,7 @@ from bench.leaderboard.seeds import Group, group_cells
 from bench.leaderboard.sizing import mark_near_chance, suite_notes
 from bench.results.records import NOT_IN_KEY
 
-METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "dpruner")
+METHOD_ORDER = ("dense", "magnitude", "wanda", "ria", "sparsegpt", "dpruner")
 KEYLESS = tuple(".".join(path) for path in NOT_IN_KEY)  # where things go, how they are shown
 # never a row's variant: those, and the data fingerprints (the same files read anew)
 IGNORED = (*KEYLESS, "inputs")
@@ -82,20 +82,21 @@ def _replicates(cells: Sequence[RecordCell]) -> list[list[RecordCell]]:
 
 
 def label_cells(cells: Iterable[RecordCell]) -> list[RecordCell]:
-    """Row labels: the method, `· calib=<x>` when not general, `· owl` for OWL's layer-wise
-    sparsity, `· reconstruct=<x>` for D-Pruner with reconstruction, `(differing config)` for
+    """Row labels: the method, `+ dsnot` for a refined mask, `+ obs(<x>)` for kept weights updated
+    on <x> windows, `· calib=<x>` when not general, `· owl` for OWL's layer-wise sparsity,
+    `(differing config)` for
     several cells that would otherwise share one row; cells that differ only by seed share
     their label (and so their row, see seeds.group_cells)."""
     rows: dict[tuple, list[RecordCell]] = defaultdict(list)
     for c in cells:
-        rows[(c.suite, c.domain, c.setting, c.method, c.allocation, c.reconstruct)].append(c)
+        rows[(c.suite, c.domain, c.setting, c.method, c.allocation, c.follow_up)].append(c)
     labelled = []
     for group in rows.values():
         replicates = _replicates(group)
         for run, variant in zip(replicates, _variants([run[0] for run in replicates]), strict=True):
-            label = run[0].method + (f" · calib={run[0].calib}" if run[0].calib != "general" else "")
+            label = run[0].method + run[0].follow_up
+            label += f" · calib={run[0].calib}" if run[0].calib != "general" else ""
             label += f" · {run[0].allocation}" if run[0].allocation != "uniform" else ""
-            label += f" · reconstruct={run[0].reconstruct}" if run[0].reconstruct != "none" else ""
             label += f" ({variant})" if variant else ""
             labelled += [replace(c, label=label, variant=variant) for c in run]
     return labelled
