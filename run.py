@@ -113,7 +113,7 @@ def run_cell(cfg: DictConfig, cell: ValidatedCell, world: processes.World) -> Pa
     cell.check_inputs()  # the data files still hold the bytes scored and keyed, or nothing is recorded
 
     record = new_record(
-        cell.key, cell.config, pruner=cell.pruner.name,
+        cell.key, cell.config, pruner=cell.pruner.name, choices=cell.pruner.describe(),
         calib_source=cell.pruner.calibration_source(cell.requests),
         evaluation=evaluation, sparsity=sparsity_summary(model), prune_seconds=prune_seconds,
         prune_stages=cell.pruner.stages, matrices=[r.as_dict() for r in reports],

@@ -108,7 +108,7 @@ def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     files += check_eval_inputs(cfg.domain, cfg.data.general, root, tokenizer)
     config = cell_config(plain, dense=pruner.name == "dense", sparsity=pruner.sparsity,
                          pattern=str(pruner.pattern), allocation=pruner.allocation.kind,
-                         calib=calibration_settings(requests, cfg.calib))
+                         calib=calibration_settings(requests, cfg.calib), unread=pruner.unread_options())
     config["inputs"] = fingerprints(files, root, inputs)
     return ValidatedCell(pruner, requests, root, config, record_key(config), results_dir,
                          plain["data"]["general"]["calib"], plain["domain"]["calib"], seed, inputs)

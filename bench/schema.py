@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from core.errors import ConfigError
 from pruners import REGISTRY
 from pruners.dpruner.options import DPrunerOptions
+from pruners.mask_update import FollowUp
 from pruners.settings import DriverSettings
 
 
@@ -100,15 +101,17 @@ METHOD_OPTIONS: dict[str, type] = {"dpruner": DPrunerOptions}  # methods that ta
 
 def method_settings(name: str) -> dict[str, Any]:
     """The settings of `pruner=<name>`: its options dataclass's fields, else its constructor's
-    own parameters (the one place each option is declared)."""
+    own parameters (the one place each option is declared), and, for every method but dense, what
+    may follow its mask (pruners/mask_update.py FollowUp)."""
     cls = REGISTRY[name]
+    follow = {} if name == "dense" else _dataclass_fields(FollowUp)
     if name in METHOD_OPTIONS:
         declared = _dataclass_fields(METHOD_OPTIONS[name])
     else:
         hints = typing.get_type_hints(cls.__init__)
-        declared = {param: hints.get(param, Any) for param in inspect.signature(cls.__init__).parameters
-                    if param not in COMMON_OPTIONS}
-    return {"_target_": str, **declared}
+        declared = {param: hints.get(param, Any) for param, spec in inspect.signature(cls.__init__).parameters.items()
+                    if param not in COMMON_OPTIONS and spec.kind is not inspect.Parameter.VAR_KEYWORD}
+    return {"_target_": str, **{key: follow.get(key, kind) for key, kind in declared.items()}, **follow}
 
 
 def _method(target: Any) -> str:

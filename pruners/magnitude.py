@@ -4,6 +4,7 @@ per output row. Needs no data, so it skips the layer-by-layer driver."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,9 +27,9 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, pattern: Pattern, grou
 
 @register("magnitude")
 class Magnitude(Pruner):
-    def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured",
-                 driver=None, allocation: Allocation | None = None, group: str = "per_matrix") -> None:
-        super().__init__(sparsity, pattern, driver, allocation)
+    def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
+                 allocation: Allocation | None = None, group: str = "per_matrix", **follow: Any) -> None:
+        super().__init__(sparsity, pattern, driver, allocation, **follow)
         self.group = choice("pruner.group", group, sorted(MAGNITUDE_GROUPS))
 
     @torch.no_grad()
@@ -39,6 +40,7 @@ class Magnitude(Pruner):
                                  disable=not self.driver.progress):
             start = time.perf_counter()
             weight = linear.weight.data
-            weight.mul_(magnitude_mask(weight, self.sparsity_of(name), self.pattern, self.group))
+            keep = magnitude_mask(weight, self.sparsity_of(name), self.pattern, self.group)
+            weight.copy_(self.keep_weights(name, weight, keep))
             reports.append(MatrixReport.since(start, name, weight))
         return reports

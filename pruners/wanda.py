@@ -28,8 +28,8 @@ class Wanda(Pruner, LayerPass):
 
     def finish_matrix(self, name: str, weight: torch.Tensor,
                      stats: ColumnSquares) -> tuple[torch.Tensor, dict]:
-        mask = wanda_mask(weight, stats.norms(), self.sparsity_of(name), self.pattern)
-        return weight * mask, {}
+        keep = wanda_mask(weight, stats.norms(), self.sparsity_of(name), self.pattern)
+        return self.keep_weights(name, weight, keep), {}
 
     def prune_model(self, model: nn.Module, calibration: Calibration,
               device: torch.device) -> list[MatrixReport]:

@@ -29,7 +29,7 @@ from pruners.dpruner.domain import domain_importance
 from pruners.dpruner.general import compute_general_importance
 from pruners.dpruner.options import DPrunerOptions
 from pruners.dpruner.pruner import check_world
-from pruners.dpruner.reconstruct import reconstruct
+from pruners.mask_update import update_kept_weights
 from pruners.dpruner.sharded import sharded_domain_importance
 from pruners.masks import select_mask
 from tests.conftest import VOCAB, probe_reports, probed_run, tiny_model
@@ -100,7 +100,7 @@ def reconstructed() -> dict[str, torch.Tensor]:
     keep = {name: linear.weight.abs() > linear.weight.abs().median()
             for name, linear in model_linears(model).items()}
     driver = DriverSettings(progress=False, batch_size=2)
-    reconstruct(model, windows(8, 24, 0), keep.__getitem__, 0.01, driver, CPU)
+    update_kept_weights(model, windows(8, 24, 0), keep.__getitem__, 0.01, driver, CPU)
     return {name: linear.weight.detach().clone() for name, linear in model_linears(model).items()}
 
 

@@ -10,7 +10,7 @@ from pruners.hessian import Hessian, damped_inverse
 from pruners.magnitude import magnitude_mask
 from pruners.pattern import Pattern
 from pruners.scores import ColumnSquares
-from pruners.sparsegpt import sparsegpt_prune
+from pruners.obs import sparsegpt_prune
 from pruners.wanda import wanda_mask
 
 

@@ -5,16 +5,19 @@ Record layout (RECORD_VERSION 3; version 2 had no `metrics_ci` / `evidence`; `al
 `budget` came later within version 3: without `allocation` a cell is uniform, without `budget`
 the leaderboard derives it from the config, docs/results.md):
   key, version, created, status ("done")
-  cell: {model, pruner, domain, sparsity, pattern, calib, allocation, seed, eval}   -- the grid
-        coordinates; `sparsity` is the target (N:M: 1 - N/M; under OWL the mean over the pruned
-        weights), `calib` the baselines' source
+  cell: {model, pruner, domain, sparsity, pattern, calib, allocation, seed, eval, mask, refine,
+        update}   -- the grid coordinates; `sparsity` is the target (N:M: 1 - N/M; under OWL the
+        mean over the pruned weights), `calib` the baselines' source; `mask` the method that chose
+        the mask, `refine` none | dsnot, `update` none | obs(<source>) | joint (SparseGPT); older
+        records have no mask/refine/update
   config: the resolved config, normalised (see `cell_config`), with `inputs`: {data file:
           sha256 prefix} of every file the cell read (so edited data gives a new key)
   metrics: flat {"<domain|general>/<task>/<metric>": float}
   metrics_ci: {metric: [low, high]}, the 95 % bootstrap interval over items / windows
   evidence: {"<domain|general>/<task>": per-item arrays} (bench/results/evidence.py)
   sparsity: {achieved (over the pruned matrices), model (over all parameters), per_matrix}
-  prune: {seconds, stages (D-Pruner: seconds and peak memory of general / domain / mask),
+  prune: {seconds, stages (D-Pruner: seconds and peak memory of general / domain / mask; with a
+          follow-up: refine / reconstruct seconds),
           matrices: [per-matrix report: name, shape, error, seconds, peak_mem_mb, notes]}
   allocation: {kind: uniform} or {kind: owl, threshold, lambda_, seconds, outlier_ratios,
               sparsities}: the per-layer sparsities and the outlier ratios they came from
@@ -39,7 +42,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -93,20 +96,26 @@ def record_path(results_dir: Path, key: str) -> Path:
 
 
 def cell_config(config: dict[str, Any], *, dense: bool, sparsity: float, pattern: str,
-                calib: Mapping[str, Any] | None, allocation: str = "uniform") -> dict[str, Any]:
+                calib: Mapping[str, Any] | None, allocation: str = "uniform",
+                unread: Collection[str] = ()) -> dict[str, Any]:
     """The resolved config normalised so that cells that compute the same thing share one key:
     `sparsity` is what the pattern gives (dense: 0, N:M: 1 - N/M), `calib` holds only the
-    calibration settings the method reads (`calib`; None drops the group). Settings added after
+    calibration settings the method reads (`calib`; None drops the group), `unread` names pruner
+    options the method does not read in this cell (Pruner.unread_options). Settings added after
     records existed are left out at their defaults, so those records keep their keys: `allocation`
     with its `owl` group when uniform (dense is always uniform), `pruner.reconstruct` when none,
-    `pruner.domain_calib.windows` when random and `.sources` when null."""
+    `pruner.refine` with the `pruner.dsnot` group when none, `pruner.domain_calib.windows` when
+    random and `.sources` when null."""
     config = dict(config)
     config["sparsity"], config["pattern"] = (0.0, "unstructured") if dense else (sparsity, pattern)
     if dense or allocation == "uniform":
         config.pop("allocation", None)
         config.pop("owl", None)
-    if isinstance(config.get("pruner"), dict) and config["pruner"].get("reconstruct") == "none":
-        config["pruner"] = {k: v for k, v in config["pruner"].items() if k != "reconstruct"}
+    if isinstance(config.get("pruner"), dict):
+        pruner = config["pruner"]
+        left_out = set(unread) | ({"reconstruct"} if pruner.get("reconstruct") == "none" else set())
+        left_out |= {"refine", "dsnot"} if pruner.get("refine", "none") == "none" else set()
+        config["pruner"] = {k: v for k, v in pruner.items() if k not in left_out}
     pruner = config.get("pruner")
     if isinstance(pruner, dict) and isinstance(pruner.get("domain_calib"), dict):
         defaults = (("windows", "random"), ("sources", None))  # added later: left out at defaults
@@ -160,16 +169,18 @@ def new_record(key: str, config: Mapping[str, Any], *, pruner: str, calib_source
                evaluation: EvalResult, sparsity: Mapping[str, Any], prune_seconds: float,
                prune_stages: Mapping[str, Any], matrices: list[dict[str, Any]],
                memory: Mapping[str, float | None], world: Mapping[str, Any] | None = None,
-               budget: Mapping[str, Any], layers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               budget: Mapping[str, Any], layers: Mapping[str, Any] | None = None,
+               choices: Mapping[str, str] | None = None) -> dict[str, Any]:
     """A finished cell's record in the layout above, with an interval for every metric;
-    `budget`: what its calibration consumed (Pruner.budget), completed by `budget_block`."""
+    `budget`: what its calibration consumed (Pruner.budget), completed by `budget_block`;
+    `choices`: its mask, refinement and update (Pruner.describe)."""
     return {
         "key": key, "version": RECORD_VERSION, "status": "done",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "cell": {"model": config["model"]["name"], "pruner": pruner, "domain": config["domain"]["name"],
                  "sparsity": config["sparsity"], "pattern": config["pattern"], "calib": calib_source,
                  "allocation": config.get("allocation", "uniform"), "seed": int(config["seed"]),
-                 "eval": config["eval"]["name"]},
+                 "eval": config["eval"]["name"], **dict(choices or {})},
         "config": dict(config),
         "metrics": dict(evaluation.metrics),
         "metrics_ci": metric_intervals(evaluation.metrics, evaluation.evidence),

@@ -20,7 +20,6 @@ REGULARIZERS = ("paper", "anchor")
 REGULARIZER_GRADS = ("fisher", "exact", "none")
 CLIPS = ("lagged", "two_pass")
 SCRATCH = ("auto", "memory", "disk")
-RECONSTRUCT = ("none", "general", "mixed")
 DOMAIN_CALIB = {"nsamples": 32, "seqlen": 256, "windows": "random", "sources": None}
 WINDOWS = ("random", "whole_examples")
 
@@ -69,8 +68,7 @@ class DPrunerOptions:
     clip: str = "lagged"  # lagged: previous step's norm (one backward) | two_pass: this step's (two)
     blocking: bool = False  # compare I within column blocks instead of the whole matrix
     block_size: int = 128
-    percdamp: float = 0.01  # Hessian dampening of G and of the reconstruction, as SparseGPT
-    reconstruct: str = "none"  # after the mask: OBS update of the kept weights on general | mixed windows
+    percdamp: float = 0.01  # Hessian dampening of G and of the update (pruner.reconstruct), as SparseGPT
     gradient_checkpointing: bool = True
     loss_chunk: int | None = 64  # output-layer tokens at a time (None: the model's own loss)
     buffers_on_cpu: bool = False  # I (and G in memory) on the CPU while the model is on the accelerator
@@ -88,7 +86,6 @@ class DPrunerOptions:
             "regularizer_grad": choice("pruner.regularizer_grad", self.regularizer_grad, REGULARIZER_GRADS),
             "clip": choice("pruner.clip", self.clip, CLIPS),
             "scratch": choice("pruner.scratch", self.scratch, SCRATCH),
-            "reconstruct": choice("pruner.reconstruct", self.reconstruct, RECONSTRUCT),
             "lambda_": as_float("pruner.lambda_", self.lambda_, 0.0),
             "lr": as_float("pruner.lr", self.lr, 0.0, open_low=True),
             "epochs": as_int("pruner.epochs", self.epochs, 1),

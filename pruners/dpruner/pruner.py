@@ -41,7 +41,6 @@ from pruners.base import MatrixReport, Pruner, register
 from pruners.dpruner.domain import domain_importance
 from pruners.dpruner.general import Tensors, compute_general_importance
 from pruners.dpruner.options import DPrunerOptions
-from pruners.dpruner.reconstruct import reconstruct
 from pruners.dpruner.sharded import sharded_domain_importance
 from pruners.dpruner.tensorfile import TensorFile
 from pruners.masks import select_mask
@@ -92,19 +91,17 @@ def check_world(o: DPrunerOptions, world: World) -> None:
 class DPruner(Pruner):
     row_shards = True
     moves_whole_model = True  # the domain pass back-propagates through the whole model
+    mask_reads_percdamp = True  # G's Hessian dampening
 
     def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
-                 allocation: Allocation | None = None, **options: Any) -> None:
-        super().__init__(sparsity, pattern, driver, allocation)
+                 allocation: Allocation | None = None, reconstruct: str = "none", refine: str = "none",
+                 dsnot: Mapping[str, Any] | None = None, **options: Any) -> None:
         self.options = DPrunerOptions(**options)
+        super().__init__(sparsity, pattern, driver, allocation, reconstruct=reconstruct, refine=refine,
+                         percdamp=self.options.percdamp, dsnot=dsnot)
 
     def check_world(self, world: World) -> None:
         check_world(self.options, world)
-
-    def calibration_source(self, requests: Mapping[str, WindowRequest]) -> str | None:
-        """The `calib` group's windows: OWL's `ids`, else those of the kept weights' update."""
-        source = super().calibration_source(requests)
-        return source if source or "reconstruct" not in requests else requests["reconstruct"].source
 
     def calibration_passes(self, requests: Mapping[str, WindowRequest]) -> dict[str, int]:
         """The domain windows run through once per epoch while the weights follow SGD; frozen
@@ -124,7 +121,7 @@ class DPruner(Pruner):
     def calibration_requests(self, calib: Mapping[str, Any]) -> dict[str, WindowRequest]:
         """General windows (the `calib` group's sizes, always C4-like general text) while G is
         needed; domain windows of the pruner's own `domain_calib` sizes unless only G ranks."""
-        o, requests = self.options, super().calibration_requests(calib)  # OWL's `ids`
+        o, requests = self.options, super().calibration_requests(calib)  # `ids`, `reconstruct`
         if o.needs_general:
             requests["general"] = WindowRequest("general", as_int("calib.nsamples", calib["nsamples"]),
                                                 as_int("calib.seqlen", calib["seqlen"]),
@@ -134,17 +131,12 @@ class DPruner(Pruner):
             requests["domain"] = WindowRequest("domain", size["nsamples"], size["seqlen"],
                                                windows=size["windows"],
                                                sources=None if sources is None else tuple(sources.items()))
-        if o.reconstruct != "none":  # the `calib` group's sizes, as SparseGPT with calib=<source>
-            keys = ("nsamples", "seqlen", "mix") if o.reconstruct == "mixed" else ("nsamples", "seqlen")
-            requests["reconstruct"] = replace(WindowRequest.from_calib(calib), source=o.reconstruct,
-                                              calib_keys=keys)
         return requests
 
     def prune_model(self, model: nn.Module, calibration: Calibration,
                     device: torch.device) -> list[MatrixReport]:
         o = self.options
-        for slot, needed in (("general", o.needs_general), ("domain", o.needs_domain),
-                             ("reconstruct", o.reconstruct != "none")):
+        for slot, needed in (("general", o.needs_general), ("domain", o.needs_domain)):
             if needed and calibration.get(slot) is None:
                 raise ConfigError(f"D-Pruner needs {slot} calibration windows (calibration slot {slot!r})")
         store = torch.device("cpu") if o.buffers_on_cpu else device
@@ -174,11 +166,8 @@ class DPruner(Pruner):
                 log.info("D-Pruner regulariser / gradient (mean over matrices): %.3g", ratio)
             del G
             clock.mark("domain")
-            if o.reconstruct == "none":
-                reports = self.apply_masks(model, scores, dense)
-            else:
-                reports = self.reconstruct(model, scores, dense, calibration["reconstruct"], device)
-        clock.mark("mask" if o.reconstruct == "none" else "reconstruct")
+            reports = self.apply_masks(model, scores, dense)
+        clock.mark("mask")
         self.stages = clock.stages
         for report in reports:
             report.notes.update(general_notes.get(report.name, {}))
@@ -193,16 +182,6 @@ class DPruner(Pruner):
         return select_mask(scores[name], self.sparsity_of(name), self.pattern, group, self.options.block_size)
 
     @torch.no_grad()
-    def reconstruct(self, model: nn.Module, scores: Tensors, dense: Tensors | None, ids: torch.Tensor,
-                    device: torch.device) -> list[MatrixReport]:
-        """The masks with the kept weights compensated (reconstruct.py), from the dense weights."""
-        if dense is not None:  # the trajectory moved the weights: back to the originals first
-            for name, linear in model_linears(model).items():
-                linear.weight.data.copy_(dense[name].to(linear.weight.device))
-        return reconstruct(model, ids, lambda name: self.keep_mask(name, scores), self.options.percdamp,
-                           self.driver, device)
-
-    @torch.no_grad()
     def apply_masks(self, model: nn.Module, scores: Tensors, dense: Tensors | None) -> list[MatrixReport]:
         """Keep the top (1 - sparsity) of each score matrix; kept weights are the original ones."""
         reports = []
@@ -211,6 +190,7 @@ class DPruner(Pruner):
             start = time.perf_counter()
             weight = linear.weight.data
             keep = self.keep_mask(name, scores)
+            self.remember(name, keep)
             if is_row_shard(linear):  # this rank's rows of the whole matrix's mask
                 keep = local_rows(keep)
             original = weight if dense is None else dense[name].to(weight.device)
