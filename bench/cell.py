@@ -27,6 +27,7 @@ from core.calibration import (
 )
 from core.data import CACHE_ENV, resolve_data_root
 from core.distributed import World, check_shares
+from core.evaluated import EvaluatedTexts
 from core.files import check_folder_setting
 from core.fingerprint import fingerprints
 from core.models import (
@@ -39,7 +40,7 @@ from core.models import (
 )
 from core.paths import project_path
 from core.snapshot import Snapshot, start_cell
-from evals.suite import check_eval_inputs, check_eval_settings
+from evals.suite import check_eval_inputs, check_eval_settings, evaluated_texts
 from pruners import REGISTRY, Allocation, Pruner, from_config
 
 
@@ -58,11 +59,12 @@ class ValidatedCell:
     domain_calib: Mapping[str, Any]  # domain.calib: the domain's calibration sources
     seed: int
     inputs: Snapshot  # the bytes of every data file the cell reads, as hashed into its key
+    evaluated: EvaluatedTexts | None = None  # domain.calib.exclude_evaluated: what the domain texts omit
 
     def calibration(self, tokenizer: Any) -> Calibration:
         """The windows the cell's method asked for, drawn with the cell's seed."""
         return build_calibration(self.requests, tokenizer, self.general_calib, self.domain_calib,
-                                 self.data_root, self.seed)
+                                 self.data_root, self.seed, self.evaluated)
 
     def check_inputs(self) -> None:
         """Before the record is written: every data file still holds the bytes the cell read and
@@ -104,14 +106,25 @@ def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     results_dir = project_path(cfg.results.dir)
     probe_results_dir(results_dir)
     tokenizer = counting_tokenizer(cfg.model)  # texts are counted as they are read
-    files = calibration_files(requests, cfg.data.general.calib, cfg.domain.calib, root, tokenizer, seed)
+    evaluated = excluded_texts(plain["domain"], requests, root)
+    files = calibration_files(requests, cfg.data.general.calib, cfg.domain.calib, root, tokenizer, seed,
+                              evaluated)
     files += check_eval_inputs(cfg.domain, cfg.data.general, root, tokenizer)
     config = cell_config(plain, dense=pruner.name == "dense", sparsity=pruner.sparsity,
                          pattern=str(pruner.pattern), allocation=pruner.allocation.kind,
                          calib=calibration_settings(requests, cfg.calib), unread=pruner.unread_options())
     config["inputs"] = fingerprints(files, root, inputs)
     return ValidatedCell(pruner, requests, root, config, record_key(config), results_dir,
-                         plain["data"]["general"]["calib"], plain["domain"]["calib"], seed, inputs)
+                         plain["data"]["general"]["calib"], plain["domain"]["calib"], seed, inputs, evaluated)
+
+
+def excluded_texts(domain: Mapping[str, Any], requests: Mapping[str, WindowRequest],
+                   root: Path) -> EvaluatedTexts | None:
+    """What the domain calibration leaves out: the domain's evaluated texts where
+    `domain.calib.exclude_evaluated` is set and a window is drawn from domain texts, else None."""
+    reads_domain = any("domain" in request.texts for request in requests.values())
+    wanted = domain["calib"].get("exclude_evaluated") and reads_domain
+    return evaluated_texts(domain, root) if wanted else None
 
 
 def check_cache_folders(plain: Mapping[str, Any]) -> None:

@@ -77,7 +77,8 @@ SETTINGS: dict[str, Any] = {
     "model": MODEL,
     "pruner": Any,  # declared by the method `pruner._target_` names (method_settings)
     "domain": {"name": str, "perplexity": Entries(TEXT, plain=True),
-               "calib": {"max_tokens": int | None, "sources": Entries(CALIB_SOURCE)},
+               "calib": {"max_tokens": int | None, "exclude_evaluated": bool,
+                         "sources": Entries(CALIB_SOURCE)},
                "tasks": Entries(TASK, plain=True)},
     "calib": {"source": str, "nsamples": int, "seqlen": int, "mix": float},
     "eval": {"name": str,

@@ -7,7 +7,9 @@ files are checked before the model loads, which calibration settings enter the c
 and which windows are built, so that the rule lives in one place. Windows are `[nsamples, seqlen]`
 token ids drawn with the cell's seed from documents joined end to end (EOS between them), so a
 window can be longer than any one document; or, for domain windows with `windows=whole_examples`,
-one rendered example each (`ExampleWindows`), as a trainer over a dataset of examples sees them."""
+one rendered example each (`ExampleWindows`), as a trainer over a dataset of examples sees them.
+Given the cell's evaluated texts (`domain.calib.exclude_evaluated`), the domain texts are read
+without the items that hold an evaluated one (core/evaluated.py) before any window is drawn."""
 
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ import torch
 
 from core.checks import as_float, as_int
 from core.data import data_path, load_texts
-from core.domain_texts import domain_texts
+from core.domain_texts import DomainTexts, domain_texts
 from core.errors import ConfigError
+from core.evaluated import EvaluatedTexts
 
 SOURCES = ("general", "domain", "mixed")
 CALIB_KEYS = ("source", "nsamples", "seqlen", "mix")  # the `calib` config group
@@ -120,7 +123,12 @@ class ExampleWindows:
 
 class Calibration(dict[str, "torch.Tensor | ExampleWindows"]):
     """Token windows [n, seqlen] (or `ExampleWindows`) by the slot a method asked for them under
-    (its requests' keys)."""
+    (its requests' keys); `excluded`: per slot drawn from domain texts read without the evaluated
+    ones, the items each source lost (`DomainTexts.dropped`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.excluded: dict[str, dict[str, int]] = {}
 
     @property
     def ids(self) -> torch.Tensor | None:
@@ -130,10 +138,12 @@ class Calibration(dict[str, "torch.Tensor | ExampleWindows"]):
 
 def calibration_files(requests: Mapping[str, WindowRequest], general_spec: Mapping[str, Any],
                       domain_calib: Mapping[str, Any], root: Path, tokenizer: Any = None,
-                      seed: int = 0) -> list[Path]:
+                      seed: int = 0, evaluated: EvaluatedTexts | None = None) -> list[Path]:
     """Every file the requested windows are read from, each read now with the reader the
     windows are built with (a missing, malformed or empty one raises ConfigError); given the
-    model's `tokenizer`, the texts just read are also counted against the windows (`check_streams`)."""
+    model's `tokenizer`, the texts just read are also counted against the windows (`check_streams`).
+    Given the `evaluated` texts, the domain texts are read without the items holding them, and
+    what each read left out is said in one line."""
     wanted = {text for request in requests.values() for text in request.texts}
     files, texts = [], {}
     if "general" in wanted:
@@ -145,12 +155,21 @@ def calibration_files(requests: Mapping[str, WindowRequest], general_spec: Mappi
     for request in requests.values():
         if "domain" in request.texts and ("domain", request.sources) not in texts:
             read = request.domain_calib(domain_calib)
-            texts["domain", request.sources] = domain_texts(read, root)
+            texts["domain", request.sources] = domain_texts(read, root, evaluated)
+            if evaluated is not None:
+                print(f"calibration: {excluded_line(texts['domain', request.sources])}", flush=True)
             for spec in read["sources"].values():
                 files += [data_path(root, spec[key]) for key in ("path", "exclude_ids") if spec.get(key)]
     if tokenizer is not None:
         check_streams(requests, tokenizer, texts, domain_calib, seed)
     return list(dict.fromkeys(files))
+
+
+def excluded_line(texts: DomainTexts) -> str:
+    """What the exclusion of evaluated items left out of one read of the domain texts."""
+    counts = ", ".join(f"{name} {count}" for name, count in texts.dropped.items())
+    return (f"domain.calib.exclude_evaluated left out {sum(texts.dropped.values())} items that hold an "
+            f"evaluated item ({counts}); {len(texts):,} remain")
 
 
 def check_context(requests: Mapping[str, WindowRequest], context: int | None) -> None:
@@ -218,10 +237,12 @@ def general_windows(tokenizer: Any, spec: Mapping[str, Any], root: Path,
     return sample_windows(token_stream(tokenizer, load_texts(spec, root)), nsamples, seqlen, seed)
 
 
-def domain_windows(tokenizer: Any, calib_cfg: Mapping[str, Any], data_root: Path,
-                   nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """Windows from the domain's rendered calibration texts (`domain_stream`)."""
-    stream = domain_stream(tokenizer, domain_texts(calib_cfg, data_root), calib_cfg, seqlen, seed)
+def domain_windows(tokenizer: Any, calib_cfg: Mapping[str, Any], data_root: Path, nsamples: int,
+                   seqlen: int, seed: int, texts: list[str] | None = None) -> torch.Tensor:
+    """Windows from the domain's rendered calibration texts (`domain_stream`); `texts`: those
+    texts as already read (default: every one, read now)."""
+    texts = domain_texts(calib_cfg, data_root) if texts is None else texts
+    stream = domain_stream(tokenizer, texts, calib_cfg, seqlen, seed)
     return sample_windows(stream, nsamples, seqlen, seed)
 
 
@@ -306,28 +327,33 @@ def mixed_windows(general: torch.Tensor, domain: torch.Tensor, mix: float) -> to
 
 def build_calibration(requests: Mapping[str, WindowRequest], tokenizer: Any,
                       general_spec: Mapping[str, Any], domain_calib: Mapping[str, Any], root: Path,
-                      seed: int) -> Calibration:
-    """The windows of every request, each drawn with `seed`."""
+                      seed: int, evaluated: EvaluatedTexts | None = None) -> Calibration:
+    """The windows of every request, each drawn with `seed`; domain windows from the texts read
+    without the items holding an `evaluated` text, when given."""
     calibration = Calibration()
     built: dict[tuple, torch.Tensor | ExampleWindows] = {}  # slots asking for the same windows share them
+    dropped: dict[tuple, dict[str, int]] = {}  # what the domain texts of each shared set lost
     for slot, request in requests.items():
         mix = request.mix if request.source == "mixed" else None
         same = (request.source, request.nsamples, request.seqlen, mix, request.windows, request.sources)
-        if same in built:
-            calibration[slot] = built[same]
-            continue
-        n, seqlen = request.nsamples, request.seqlen
-        general = domain = None
-        if "general" in request.texts:
-            general = general_windows(tokenizer, general_spec, root, n, seqlen, seed)
-        if request.windows == "whole_examples":
-            texts = domain_texts(request.domain_calib(domain_calib), root)
-            domain = example_windows(tokenizer, texts, n, seqlen, seed)
-        elif "domain" in request.texts:
-            domain = domain_windows(tokenizer, request.domain_calib(domain_calib), root, n, seqlen, seed)
-        windows = mixed_windows(general, domain, request.mix) if request.source == "mixed" else general
-        built[same] = domain if request.source == "domain" else windows
+        if same not in built:
+            n, seqlen = request.nsamples, request.seqlen
+            general = domain = None
+            if "general" in request.texts:
+                general = general_windows(tokenizer, general_spec, root, n, seqlen, seed)
+            if "domain" in request.texts:
+                read = request.domain_calib(domain_calib)
+                texts = domain_texts(read, root, evaluated)
+                if evaluated is not None:
+                    dropped[same] = texts.dropped
+                whole = request.windows == "whole_examples"
+                domain = (example_windows(tokenizer, texts, n, seqlen, seed) if whole
+                          else domain_windows(tokenizer, read, root, n, seqlen, seed, texts))
+            windows = mixed_windows(general, domain, request.mix) if request.source == "mixed" else general
+            built[same] = domain if request.source == "domain" else windows
         calibration[slot] = built[same]
+        if same in dropped:
+            calibration.excluded[slot] = dropped[same]
     return calibration
 
 
@@ -337,10 +363,13 @@ def calibration_budget(requests: Mapping[str, WindowRequest],
     `domain_windows`: mixed windows open with round(n * mix) domain ones, as `mixed_windows`
     builds them), and the distinct tokens per source, each window set counted once however many
     slots share it; whole-example windows count their real tokens, no padding (`seqlen`: the
-    longest). From the drawn windows when given; without them (records written before budgets
-    were recorded) from the sets `build_calibration` would draw for `requests`."""
+    longest); `excluded`, where the domain texts were read without the evaluated ones, the items
+    each source lost (`Calibration.excluded`). From the drawn windows when given; without them
+    (records written before budgets were recorded) from the sets `build_calibration` would draw
+    for `requests`."""
     tokens = {"general": 0, "domain": 0}
     windows, counted = {}, set()
+    excluded = getattr(calibration, "excluded", {})
     for slot, request in requests.items():
         if calibration is None:  # the window sets build_calibration shares between slots
             n, seqlen = request.nsamples, request.seqlen
@@ -351,6 +380,8 @@ def calibration_budget(requests: Mapping[str, WindowRequest],
         k = {"general": 0, "domain": n, "mixed": round(n * request.mix)}[request.source]
         windows[slot] = {"source": request.source, "windows": int(n), "seqlen": int(seqlen),
                          "domain_windows": int(k)}
+        if slot in excluded:
+            windows[slot]["excluded"] = dict(excluded[slot])
         if shared not in counted:
             counted.add(shared)
             if isinstance(drawn := (calibration or {}).get(slot), ExampleWindows):  # real tokens, no padding

@@ -2,18 +2,20 @@
 templates (the task's input, question and answer stated in a sentence or two). Only calibration
 splits are read; the two held-out parts that share a file with
 calibration data are excluded here: PubMedQA's official test ids and MedQuAD's perplexity slice
-(with every answer whose text repeats one of that slice)."""
+(with every answer whose text repeats one of that slice). With `domain.calib.exclude_evaluated`,
+the items that hold an evaluated item are left out too (core/evaluated.py)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from core.checks import as_int
 from core.data import data_path
 from core.errors import ConfigError
+from core.evaluated import EvaluatedTexts
 from core.formats import passage, pubmedqa_answers, pubmedqa_items, read_jsonl, rqe_pairs, text
 from core.items import BILLSUM_FIELDS, CASEHOLD_FIELDS, MEQSUM_FIELDS, item
 
@@ -111,12 +113,23 @@ def _evenly(items: list[str], limit: int | None) -> list[str]:
     return [items[i * len(items) // limit] for i in range(int(limit))]
 
 
-def domain_texts(calib_cfg: Mapping[str, Any], data_root: Path) -> list[str]:
-    """Every rendered calibration text of a domain (`domain.calib`), source by source."""
+class DomainTexts(list[str]):
+    """A domain's rendered calibration texts, source after source; `dropped`: per source, the
+    items left out for holding an evaluated item (empty where none were looked for)."""
+
+    def __init__(self, texts: Iterable[str] = (), dropped: Mapping[str, int] | None = None) -> None:
+        super().__init__(texts)
+        self.dropped = dict(dropped or {})
+
+
+def domain_texts(calib_cfg: Mapping[str, Any], data_root: Path,
+                 evaluated: EvaluatedTexts | None = None) -> DomainTexts:
+    """Every rendered calibration text of a domain (`domain.calib`), source after source, each
+    source within its `limit`; given the `evaluated` texts, without the items that hold them."""
     sources = calib_cfg.get("sources") or {}
     if not sources:
         raise ConfigError("domain.calib.sources is empty; the domain has no calibration texts")
-    texts: list[str] = []
+    by_source: dict[str, list[str]] = {}
     for name, spec in sources.items():
         render = CALIB_FORMATS.get(spec.get("format", name))
         if render is None:
@@ -127,5 +140,8 @@ def domain_texts(calib_cfg: Mapping[str, Any], data_root: Path) -> list[str]:
             raise ConfigError(f"domain.calib.sources.{name}: {spec.get('path')} has no items")
         limit = spec.get("limit")  # 0 leaves the source out
         limit = None if limit is None else as_int(f"domain.calib.sources.{name}.limit", limit, 0)
-        texts.extend(_evenly(found, limit))
-    return texts
+        by_source[name] = _evenly(found, limit)
+    dropped: dict[str, int] = {}
+    if evaluated is not None:
+        by_source, dropped = evaluated.exclude(by_source)
+    return DomainTexts((text for texts in by_source.values() for text in texts), dropped)

@@ -17,8 +17,10 @@ from torch import nn
 
 from core.data import data_path, load_texts
 from core.errors import ConfigError
-from evals.lm_tasks import check_tasks, evaluate_domain_tasks, task_settings
+from core.evaluated import EvaluatedTexts, long_texts
+from evals.lm_tasks import check_tasks, evaluate_domain_tasks, task_settings, task_sources
 from evals.perplexity import check_scored, perplexity_settings, perplexity_sources, strided_perplexity
+from evals.tasks.declarations import read_task
 
 
 @dataclass
@@ -54,6 +56,17 @@ def check_eval_inputs(domain: Mapping[str, Any], general: Mapping[str, Any], roo
         if not spec.get("hub"):
             files.append(data_path(root, spec["path"]))
     return files + check_tasks(domain.get("tasks") or {}, root)
+
+
+def evaluated_texts(domain: Mapping[str, Any], root: Path) -> EvaluatedTexts:
+    """The long texts of everything the domain evaluates, read with the run's readers: each domain
+    perplexity document and each item of every domain task -- every item, whatever the eval
+    preset's limits, so that a cell's calibration does not depend on its eval preset."""
+    items = [long_texts(text) for key, spec in perplexity_sources(domain, {}).items()
+             for text in load_texts(spec, root, key)]
+    for name, source in task_sources(domain.get("tasks") or {}, root).items():
+        items += [long_texts(item) for item in read_task(name, source)]
+    return EvaluatedTexts(items)
 
 
 def check_metric_names(domain: Mapping[str, Any], general: Mapping[str, Any]) -> None:

@@ -23,7 +23,8 @@ the leaderboard derives it from the config, docs/results.md):
               sparsities}: the per-layer sparsities and the outlier ratios they came from
   eval: {seconds, details}
   memory: {peak_rss_mb, peak_cuda_mb}
-  budget: {tokens: {general, domain}, windows: {slot: {source, windows, seqlen, domain_windows}},
+  budget: {tokens: {general, domain}, windows: {slot: {source, windows, seqlen, domain_windows,
+          excluded (domain.calib.exclude_evaluated: items left out per calibration source)}},
           passes: {general, domain}, optimizer_steps, prune_seconds, peak_memory_mb, derived}:
           what the calibration consumed (`budget_block`)
   world: {size, backend}: the processes the cell ran on (1, null: one process; how it ran, not
@@ -105,7 +106,7 @@ def cell_config(config: dict[str, Any], *, dense: bool, sparsity: float, pattern
     records existed are left out at their defaults, so those records keep their keys: `allocation`
     with its `owl` group when uniform (dense is always uniform), `pruner.reconstruct` when none,
     `pruner.refine` with the `pruner.dsnot` group when none, `pruner.domain_calib.windows` when
-    random and `.sources` when null."""
+    random and `.sources` when null, `domain.calib.exclude_evaluated` when false."""
     config = dict(config)
     config["sparsity"], config["pattern"] = (0.0, "unstructured") if dense else (sparsity, pattern)
     if dense or allocation == "uniform":
@@ -121,6 +122,10 @@ def cell_config(config: dict[str, Any], *, dense: bool, sparsity: float, pattern
         defaults = (("windows", "random"), ("sources", None))  # added later: left out at defaults
         size = {k: v for k, v in pruner["domain_calib"].items() if (k, v) not in defaults}
         config["pruner"] = {**pruner, "domain_calib": size}
+    domain = config.get("domain")
+    if isinstance(domain, dict) and isinstance(domain.get("calib"), dict):  # added later: left out at false
+        texts = {k: v for k, v in domain["calib"].items() if not (k == "exclude_evaluated" and v is False)}
+        config["domain"] = {**domain, "calib": texts}
     if calib is None:
         config.pop("calib", None)
     else:
