@@ -424,8 +424,8 @@ def test_wandb_per_matrix_sparsity_from_the_summary() -> None:
 
 
 def test_owl_and_reconstruction_rows_and_the_layer_plot(tmp_path: Path) -> None:
-    """OWL cells get a row of their own beside the uniform one (`· owl`), reconstruction is a
-    variant of D-Pruner's row, and the OWL allocation is drawn per layer, once per target."""
+    """OWL cells get a row of their own beside the uniform one (`· owl`), reconstruction is named
+    in D-Pruner's row (`+ obs(mixed)`), and the OWL allocation is drawn per layer, once per target."""
     SHARES = [0.78, 0.7, 0.62]  # noqa: N806
 
     def owl(record: dict, sparsities: list[float]) -> dict:
@@ -441,7 +441,7 @@ def test_owl_and_reconstruction_rows_and_the_layer_plot(tmp_path: Path) -> None:
                make_record("dp", "dpruner", "legal", 0.7, legal(60.0, None, 70.0)),
                make_record("dp-rec", "dpruner", "legal", 0.7, legal(40.0, None, 50.0), reconstruct="mixed")]
     cells = leaderboard.label_cells(leaderboard.to_cell(tmp_path / f"{r['key']}.json", r) for r in records)
-    assert sorted(c.label for c in cells) == ["dense", "dpruner", "dpruner · reconstruct=mixed",
+    assert sorted(c.label for c in cells) == ["dense", "dpruner", "dpruner + obs(mixed)",
                                               "sparsegpt · owl", "wanda", "wanda · owl"]
     (suite,) = leaderboard.build(cells)["legal"]
     (block,) = [b for b in suite.blocks if "0.7" in b.title]

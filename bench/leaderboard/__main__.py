@@ -1,7 +1,7 @@
 """Leaderboard tables and plots from every finished cell record.
 
     python -m bench.leaderboard [RESULTS_DIR] [--out results/leaderboard] [--vs-dense]
-                                [--cache FILE | --no-cache] [--wandb] [--budget]
+                                [--cache FILE | --no-cache] [--wandb] [--budget] [--mask-update]
 
 Per domain: `<domain>.md`, `<domain>.csv` and a self-contained `<domain>.html` (plots inlined),
 methods x metrics in one block per sparsity/pattern (and calibration, where not general), the
@@ -14,7 +14,10 @@ A record it cannot use (unreadable, unfinished, another record version, a malfor
 a metric that is not a finite number) is named on stderr, `skipped <path>: <why>`, and the rest
 is still built; only a folder with nothing usable is an error.
 `--budget` adds the budget views (`<domain>-budget.md|csv` and their figures, docs/budget.md) for
-every model, eval preset, sparsity and pattern whose records span more than one domain-token level."""
+every model, eval preset, sparsity and pattern whose records span more than one domain-token level.
+`--mask-update` adds the mask x update view (`<domain>-mask-update.md|csv`, docs/results.md): masks
+against what followed them (none, or an OBS update of the kept weights), SparseGPT beside them, for
+every panel where some mask has both, with paired differences and each mask's gap to dense."""
 
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from bench.leaderboard import plots
 from bench.leaderboard.cells import RecordCell, read_cells
 from bench.leaderboard.compare import Comparisons
 from bench.leaderboard.csv_table import csv_text
+from bench.leaderboard.mask_update_pages import write_mask_update
 from bench.leaderboard.render import html_page, markdown
 from bench.leaderboard.rows import Suite, slug
 from bench.leaderboard.seeds import group_cells
@@ -152,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget", action="store_true",
                         help="also write the budget views: quality against calibration tokens, prune "
                              "seconds and memory, equal-budget tables, retention (docs/budget.md)")
+    parser.add_argument("--mask-update", action="store_true",
+                        help="also write the mask x update view: each mask with and without an update "
+                             "of its kept weights, SparseGPT beside them, the gap to dense (docs/results.md)")
     parser.add_argument("--wandb", action="store_true", help="also log tables and plots to W&B")
     parser.add_argument("--wandb-mode", default="auto", choices=MODES,
                         help="auto: online with credentials, offline otherwise")
@@ -186,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         budget_files = write_budget(cells, out, header, compare)
         images += [p for p in budget_files if p.suffix == ".png"]
         print(f"budget: {len(budget_files)} file(s) -> {out}/")
+    if args.mask_update:
+        mask_update_files = write_mask_update(cells, out, header, compare)
+        print(f"mask x update: {len(mask_update_files)} file(s) -> {out}/" if mask_update_files else
+              "mask x update: no panel has a mask both with and without an update; nothing written")
     compare.save()
     also = f" ({len(skipped)} record(s) skipped)" if skipped else ""
     print(f"leaderboard: {len(cells)} cells{also}, {len(tables)} domain(s) -> {out}/"

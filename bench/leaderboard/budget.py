@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.leaderboard.cells import RecordCell, direction
 from bench.leaderboard.compare import Comparisons, mark_best
-from bench.leaderboard.rows import Block, Row, slug
+from bench.leaderboard.rows import Block, Place, Row
 from bench.leaderboard.seeds import Estimate, Group, group_cells
 from bench.leaderboard.table import IGNORED, _config, _variants, label_cells, method_rank
 from bench.results.records import budget_block, finite
@@ -102,24 +102,11 @@ class Point:
 
 
 @dataclass
-class Panel:
+class Panel(Place):
     """The points of one model, eval preset, domain, sparsity and pattern, and the dense row."""
 
-    model: str
-    eval: str
-    domain: str
-    sparsity: float
-    pattern: str
     points: list[Point]
     dense: Group | None
-
-    @property
-    def title(self) -> str:
-        return f"{self.model} · eval={self.eval} · sparsity {self.sparsity:g} · {self.pattern}"
-
-    @property
-    def slug(self) -> str:
-        return slug(f"{self.domain}-{self.model}-{self.eval}-s{self.sparsity:g}-{self.pattern}")
 
     @property
     def levels(self) -> list[int]:

@@ -129,6 +129,18 @@ def _stored_differences(path: Path) -> dict[str, list[float] | None]:
     return found
 
 
+def paired_estimate(a: Group, b: Group, metric: str, compare: Comparisons) -> Estimate | None:
+    """a - b as a table shows it: with the paired interval where both rows have evidence, the
+    plain difference where either lacks it, None where either lacks the metric."""
+    value_a, value_b = a.estimates.get(metric), b.estimates.get(metric)
+    if value_a is None or value_b is None:
+        return None
+    found = compare(a, b, metric)
+    if found is None:
+        return Estimate(value_a.value - value_b.value)
+    return Estimate(found[0], (found[1], found[2]))
+
+
 def excludes_zero(found: Difference) -> bool:
     return found[1] > 0 or found[2] < 0
 

@@ -63,6 +63,26 @@ class Suite:
         return slug(f"{self.domain}-{self.model}-{self.eval}")
 
 
+@dataclass
+class Place:
+    """Where a panel of the budget and mask x update views sits: one model, eval preset, domain,
+    sparsity and pattern."""
+
+    model: str
+    eval: str
+    domain: str
+    sparsity: float
+    pattern: str
+
+    @property
+    def title(self) -> str:
+        return f"{self.model} · eval={self.eval} · sparsity {self.sparsity:g} · {self.pattern}"
+
+    @property
+    def slug(self) -> str:
+        return slug(f"{self.domain}-{self.model}-{self.eval}-s{self.sparsity:g}-{self.pattern}")
+
+
 def slug(text: str) -> str:
     """File-name-safe text: runs of anything but letters, digits and dots become one dash."""
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
