@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from core.errors import ConfigError
 from pruners import REGISTRY
 from pruners.dpruner.options import DPrunerOptions
+from pruners.dsnot import DSnoTSettings
 from pruners.mask_update import FollowUp
 from pruners.settings import DriverSettings
 
@@ -105,7 +106,7 @@ def method_settings(name: str) -> dict[str, Any]:
     own parameters (the one place each option is declared), and, for every method but dense, what
     may follow its mask (pruners/mask_update.py FollowUp)."""
     cls = REGISTRY[name]
-    follow = {} if name == "dense" else _dataclass_fields(FollowUp)
+    follow = {} if name == "dense" else {**_dataclass_fields(FollowUp), "dsnot": _dataclass_fields(DSnoTSettings)}
     if name in METHOD_OPTIONS:
         declared = _dataclass_fields(METHOD_OPTIONS[name])
     else:

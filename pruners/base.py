@@ -145,7 +145,7 @@ class Pruner:
         reports = self.prune_model(model, calibration, device)
         if dense is not None:
             windows = {slot: calibration.get(slot) for slot in ("ids", "reconstruct")}
-            passes = follow_mask(model, self.follow, self.masks, dense, windows, self.driver, device, self.stages)
+            passes = follow_mask(model, self.follow, self.pattern, self.masks, dense, windows, self.driver, device, self.stages)
             reports = merge_notes(passes[-1], reports, *passes[:-1])
             self.masks = {}
         if self.row_shards:

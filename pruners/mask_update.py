@@ -22,16 +22,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from core.checks import as_float, choice
+from core.memory import peak_memory_mb
 from core.structure import model_linears
 from pruners.driver import LayerPass, run_layerwise
-from pruners.dsnot import DSNOT_DEFAULTS, InputMoments, dsnot_options, dsnot_refine
+from pruners.dsnot import DSnoTSettings, InputMoments, dsnot_options, dsnot_refine
 from pruners.hessian import Hessian
+from pruners.pattern import Pattern
 from pruners.settings import DriverSettings, MatrixReport
 from pruners.obs import sparsegpt_prune
 
@@ -49,14 +50,14 @@ class FollowUp:
     reconstruct: str = "none"
     refine: str = "none"
     percdamp: float = 0.01  # the update's Hessian dampening, as SparseGPT's
-    dsnot: Mapping[str, Any] = field(default_factory=lambda: dict(DSNOT_DEFAULTS))
+    dsnot: DSnoTSettings = field(default_factory=DSnoTSettings)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reconstruct", choice("pruner.reconstruct", self.reconstruct, RECONSTRUCT))
         object.__setattr__(self, "refine", choice("pruner.refine", self.refine, REFINE))
         object.__setattr__(self, "percdamp", as_float("pruner.percdamp", self.percdamp, 0.0, 1.0,
                                                       open_low=True, open_high=True))
-        object.__setattr__(self, "dsnot", dsnot_options(dict(self.dsnot or {})))
+        object.__setattr__(self, "dsnot", dsnot_options(self.dsnot))
 
     @property
     def active(self) -> bool:
@@ -93,19 +94,25 @@ class FixedMaskUpdate(LayerPass):
 
 class DSnoTRefinement(LayerPass):
     """Driver pass: each matrix starts from its mask in `masks` and the dense weight, DSnoT
-    refines the mask from the layer's input moments; `masks` is updated to the refined masks."""
+    refines the mask from the layer's input moments (the matrices of `skip_layer` keep theirs);
+    `masks` is updated to the refined masks."""
 
-    def __init__(self, masks: Weights, options: Mapping[str, Any]) -> None:
+    def __init__(self, masks: Weights, settings: DSnoTSettings, pattern: Pattern) -> None:
         self.masks = masks
-        self.options = options
+        self.settings = settings
+        self.pattern = pattern
 
     def make_stats(self, columns: int, device: torch.device) -> InputMoments:
         return InputMoments(columns, device)
 
     def finish_matrix(self, name: str, weight: torch.Tensor,
                       stats: InputMoments) -> tuple[torch.Tensor, dict]:
-        keep, notes = dsnot_refine(weight, self.masks[name].to(weight.device), stats, **self.options)
-        self.masks[name] = keep.cpu()
+        keep, notes = self.masks[name].to(weight.device), {"refined": False}
+        if self.settings.applies_to(name):
+            keep, notes = dsnot_refine(weight, keep, stats, pattern=self.pattern,
+                                       **self.settings.refine_options())
+            notes["refined"] = True
+            self.masks[name] = keep.cpu()
         return torch.where(keep, weight, torch.zeros((), dtype=weight.dtype)), notes
 
 
@@ -117,10 +124,10 @@ def update_kept_weights(model: nn.Module, ids: torch.Tensor, keep_of: KeepOf, pe
     return run_layerwise(model, ids, method, driver, device, label="obs update")
 
 
-def refine_masks(model: nn.Module, ids: torch.Tensor, masks: Weights, options: Mapping[str, Any],
-                 driver: DriverSettings, device: torch.device) -> list[MatrixReport]:
+def refine_masks(model: nn.Module, ids: torch.Tensor, masks: Weights, settings: DSnoTSettings,
+                 pattern: Pattern, driver: DriverSettings, device: torch.device) -> list[MatrixReport]:
     """Refine `masks` in place with DSnoT, pruning the dense `model` to them layer by layer."""
-    return run_layerwise(model, ids, DSnoTRefinement(masks, options), driver, device, label="dsnot")
+    return run_layerwise(model, ids, DSnoTRefinement(masks, settings, pattern), driver, device, label="dsnot")
 
 
 @torch.no_grad()
@@ -147,7 +154,7 @@ def merge_notes(final: list[MatrixReport], *earlier: list[MatrixReport]) -> list
     return final
 
 
-def follow_mask(model: nn.Module, follow: FollowUp, masks: Weights, dense: Weights,
+def follow_mask(model: nn.Module, follow: FollowUp, pattern: Pattern, masks: Weights, dense: Weights,
                 windows: Mapping[str, torch.Tensor | None], driver: DriverSettings,
                 device: torch.device, stages: dict[str, dict[str, float]]) -> list[list[MatrixReport]]:
     """Refine and/or update after the method's masks were chosen (`masks`: every matrix's keep,
@@ -157,12 +164,12 @@ def follow_mask(model: nn.Module, follow: FollowUp, masks: Weights, dense: Weigh
     if follow.refine == "dsnot":
         start = time.perf_counter()
         restore(model, dense)
-        passes.append(refine_masks(model, windows["ids"], masks, follow.dsnot, driver, device))
-        stages["refine"] = {"seconds": time.perf_counter() - start}
+        passes.append(refine_masks(model, windows["ids"], masks, follow.dsnot, pattern, driver, device))
+        stages["refine"] = {"seconds": time.perf_counter() - start, "peak_mb": peak_memory_mb(device)}
     if follow.reconstruct != "none":
         start = time.perf_counter()
         restore(model, dense)
         passes.append(update_kept_weights(model, windows["reconstruct"], masks.__getitem__, follow.percdamp,
                                           driver, device))
-        stages["reconstruct"] = {"seconds": time.perf_counter() - start}
+        stages["reconstruct"] = {"seconds": time.perf_counter() - start, "peak_mb": peak_memory_mb(device)}
     return passes
