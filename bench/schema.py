@@ -106,12 +106,14 @@ def method_settings(name: str) -> dict[str, Any]:
     own parameters (the one place each option is declared), and, for every method but dense, what
     may follow its mask (pruners/mask_update.py FollowUp)."""
     cls = REGISTRY[name]
-    follow = {} if name == "dense" else {**_dataclass_fields(FollowUp), "dsnot": _dataclass_fields(DSnoTSettings)}
+    follow = {} if name == "dense" else {**_dataclass_fields(FollowUp),
+                                         "dsnot": _dataclass_fields(DSnoTSettings)}
     if name in METHOD_OPTIONS:
         declared = _dataclass_fields(METHOD_OPTIONS[name])
     else:
         hints = typing.get_type_hints(cls.__init__)
-        declared = {param: hints.get(param, Any) for param, spec in inspect.signature(cls.__init__).parameters.items()
+        parameters = inspect.signature(cls.__init__).parameters.items()
+        declared = {param: hints.get(param, Any) for param, spec in parameters
                     if param not in COMMON_OPTIONS and spec.kind is not inspect.Parameter.VAR_KEYWORD}
     return {"_target_": str, **{key: follow.get(key, kind) for key, kind in declared.items()}, **follow}
 

@@ -60,9 +60,11 @@ class Pruner:
         self.allocation.check(self.sparsity, self.pattern)
         self.follow = FollowUp(reconstruct, refine, percdamp, dsnot)
         if self.updates_kept_weights and self.follow.active:
-            setting = f"pruner.reconstruct={reconstruct}" if reconstruct != "none" else f"pruner.refine={refine}"
-            raise ConfigError(f"{setting}: {self.name} chooses its mask and updates the kept weights in one "
-                              "step; refine and reconstruct follow the masks of magnitude, wanda, ria and dpruner")
+            setting = (f"pruner.reconstruct={reconstruct}" if reconstruct != "none"
+                       else f"pruner.refine={refine}")
+            raise ConfigError(f"{setting}: {self.name} chooses its mask and updates the kept weights in "
+                              "one step; refine and reconstruct follow the masks of magnitude, wanda, ria "
+                              "and dpruner")
         self.layers = LayerSparsities(self.allocation, self.sparsity)  # decided again by `prune`
         self.stages: dict[str, dict[str, float]] = {}  # after prune: seconds and peak memory per stage
         self.masks: dict[str, torch.Tensor] = {}  # while pruning with a follow-up: each matrix's keep
@@ -145,7 +147,8 @@ class Pruner:
         reports = self.prune_model(model, calibration, device)
         if dense is not None:
             windows = {slot: calibration.get(slot) for slot in ("ids", "reconstruct")}
-            passes = follow_mask(model, self.follow, self.pattern, self.masks, dense, windows, self.driver, device, self.stages)
+            passes = follow_mask(model, self.follow, self.pattern, self.masks, dense, windows, self.driver,
+                                 device, self.stages)
             reports = merge_notes(passes[-1], reports, *passes[:-1])
             self.masks = {}
         if self.row_shards:

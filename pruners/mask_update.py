@@ -32,9 +32,9 @@ from core.structure import model_linears
 from pruners.driver import LayerPass, run_layerwise
 from pruners.dsnot import DSnoTSettings, InputMoments, dsnot_options, dsnot_refine
 from pruners.hessian import Hessian
+from pruners.obs import sparsegpt_prune
 from pruners.pattern import Pattern
 from pruners.settings import DriverSettings, MatrixReport
-from pruners.obs import sparsegpt_prune
 
 RECONSTRUCT = ("none", "general", "mixed", "domain")
 REFINE = ("none", "dsnot")
@@ -127,13 +127,15 @@ def update_kept_weights(model: nn.Module, ids: torch.Tensor, keep_of: KeepOf, pe
 def refine_masks(model: nn.Module, ids: torch.Tensor, masks: Weights, settings: DSnoTSettings,
                  pattern: Pattern, driver: DriverSettings, device: torch.device) -> list[MatrixReport]:
     """Refine `masks` in place with DSnoT, pruning the dense `model` to them layer by layer."""
-    return run_layerwise(model, ids, DSnoTRefinement(masks, settings, pattern), driver, device, label="dsnot")
+    method = DSnoTRefinement(masks, settings, pattern)
+    return run_layerwise(model, ids, method, driver, device, label="dsnot")
 
 
 @torch.no_grad()
 def dense_weights(model: nn.Module) -> Weights:
     """A CPU copy of every prunable weight, for the passes that start again from the dense model."""
-    return {name: linear.weight.detach().to("cpu", copy=True) for name, linear in model_linears(model).items()}
+    linears = model_linears(model)
+    return {name: linear.weight.detach().to("cpu", copy=True) for name, linear in linears.items()}
 
 
 @torch.no_grad()

@@ -28,7 +28,8 @@ class SparseGPT(Pruner, LayerPass):
 
     def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
                  allocation: Allocation | None = None, blocksize: int = 128, percdamp: float = 0.01,
-                 reconstruct: str = "none", refine: str = "none", dsnot: Mapping[str, Any] | None = None) -> None:
+                 reconstruct: str = "none", refine: str = "none",
+                 dsnot: Mapping[str, Any] | None = None) -> None:
         super().__init__(sparsity, pattern, driver, allocation, reconstruct=reconstruct, refine=refine,
                          percdamp=percdamp, dsnot=dsnot)
         self.blocksize = as_int("pruner.blocksize", blocksize, 1)

@@ -29,8 +29,8 @@ from pruners.dpruner.domain import domain_importance
 from pruners.dpruner.general import compute_general_importance
 from pruners.dpruner.options import DPrunerOptions
 from pruners.dpruner.pruner import check_world
-from pruners.mask_update import update_kept_weights
 from pruners.dpruner.sharded import sharded_domain_importance
+from pruners.mask_update import update_kept_weights
 from pruners.masks import select_mask
 from tests.conftest import VOCAB, probe_reports, probed_run, tiny_model
 

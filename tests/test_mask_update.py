@@ -33,7 +33,8 @@ def masks_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: linear.weight != 0 for name, linear in model_linears(model).items()}
 
 
-def pruned(model: torch.nn.Module, calibration: Calibration, name: str, **options) -> tuple[torch.nn.Module, list]:
+def pruned(model: torch.nn.Module, calibration: Calibration, name: str,
+           **options) -> tuple[torch.nn.Module, list]:
     copied = copy.deepcopy(model)
     pruner = build(name, sparsity=0.5, driver=QUIET, **MASK_METHODS.get(name, {}), **options)
     return copied, pruner.prune(copied, calibration, CPU)
@@ -100,5 +101,35 @@ def test_the_key_holds_a_follow_up_only_where_it_changes_the_cell() -> None:
            "dsnot": {"any": 1}}
     assert wanda.unread_options() == ("percdamp",)
     assert key(now, wanda.unread_options()) == before
-    assert key({**now, "reconstruct": "mixed"}, build("wanda", reconstruct="mixed").unread_options()) != before
+    updated = build("wanda", reconstruct="mixed")
+    assert key({**now, "reconstruct": "mixed"}, updated.unread_options()) != before
     assert build("dpruner").unread_options() == ()
+
+
+def test_dsnot_refines_any_mask_keeping_each_rows_count(tiny_dpruner) -> None:  # noqa: F811
+    """Magnitude's mask refined: every row keeps as many weights as before; the attention matrices'
+    masks change, the MLP's keep the method's mask (the released default `skip_layer: mlp`)."""
+    model, calibration = tiny_dpruner
+    plain, _ = pruned(model, calibration, "magnitude")
+    refined, reports = pruned(model, calibration, "magnitude", refine="dsnot")
+    before, after = masks_of(plain), masks_of(refined)
+    for name in before:
+        assert torch.equal(before[name].sum(dim=1), after[name].sum(dim=1)), name
+        if ".mlp." in name:
+            assert torch.equal(before[name], after[name]), name
+    assert any(not torch.equal(before[n], after[n]) for n in before if ".self_attn." in n)
+    assert all(r.notes["refined"] == (".mlp." not in r.name) for r in reports)
+    everywhere, _ = pruned(model, calibration, "magnitude", refine="dsnot", dsnot={"skip_layer": "none"})
+    assert any(not torch.equal(before[n], masks_of(everywhere)[n]) for n in before if ".mlp." in n)
+
+
+def test_refined_and_updated_keeps_the_refined_mask(tiny_dpruner) -> None:  # noqa: F811
+    model, calibration = tiny_dpruner
+    windows = Calibration(**calibration, reconstruct=calibration["general"])
+    refined, _ = pruned(model, windows, "wanda", refine="dsnot", pattern="2:4")
+    both, reports = pruned(model, windows, "wanda", refine="dsnot", reconstruct="general", pattern="2:4")
+    for (name, keep), refined_keep in zip(masks_of(both).items(), masks_of(refined).values(), strict=True):
+        assert torch.equal(keep, refined_keep), name
+        assert torch.equal(keep.reshape(keep.shape[0], -1, 4).sum(-1), torch.full_like(
+            keep.reshape(keep.shape[0], -1, 4).sum(-1), 2)), name  # still 2:4
+    assert all("error_reconstructed" in r.notes and "refined" in r.notes for r in reports)

@@ -10,11 +10,11 @@ import torch
 from core.calibration import Calibration
 from core.structure import model_linears
 from pruners import Allocation, Pruner, build
-from pruners.mask_update import output_error
 from pruners.hessian import Hessian
 from pruners.magnitude import magnitude_mask
-from pruners.pattern import Pattern
+from pruners.mask_update import output_error
 from pruners.obs import sparsegpt_prune
+from pruners.pattern import Pattern
 from tests.test_owl import tiny_dpruner  # noqa: F401  (fixture)
 
 CPU = torch.device("cpu")

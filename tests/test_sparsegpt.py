@@ -8,9 +8,9 @@ import torch
 from pruners.driver import relative_error
 from pruners.hessian import Hessian, damped_inverse
 from pruners.magnitude import magnitude_mask
+from pruners.obs import sparsegpt_prune
 from pruners.pattern import Pattern
 from pruners.scores import ColumnSquares
-from pruners.obs import sparsegpt_prune
 from pruners.wanda import wanda_mask
 
 
