@@ -58,7 +58,8 @@ def test_no_benchmark_builds_a_pruner_or_windows_of_its_own() -> None:
 
 BENCH_SERIES = [
     *gpu_check.SERIES.values(),
-    *(pruner_overrides(m) for m in ("magnitude", "wanda", "sparsegpt", "dpruner")),  # speed, dpruner_cost
+    *(pruner_overrides(m) for m in ("magnitude", "wanda", "sparsegpt", "dpruner", "wanda+dsnot",
+                                    "magnitude+obs")),  # speed, dpruner_cost
     *(["pruner=dpruner", *(f"pruner.{k}={json.dumps(v)}" for k, v in options.items())]
       for label in dpruner_lambda.DEFAULT_CELLS if (options := dpruner_lambda.cell_options(label))),
 ]

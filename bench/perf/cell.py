@@ -26,6 +26,15 @@ def bench_cell(overrides: Sequence[str], world: World | None = None) -> tuple[Di
     return cfg, validate(cfg, world)
 
 
+FOLLOW_UPS = {"dsnot": "pruner.refine=dsnot", "obs": "pruner.reconstruct=general"}
+
+
 def pruner_overrides(method: str) -> list[str]:
-    """Select a method for a timed prune: D-Pruner's G cache is off, so G is computed and timed."""
-    return [f"pruner={method}", *(["pruner.cache_dir=null"] if method == "dpruner" else [])]
+    """Select a method for a timed prune, `+dsnot` / `+obs` adding a refinement / an update on
+    general windows (`wanda+dsnot`); D-Pruner's G cache is off, so G is computed and timed."""
+    name, *follow = method.split("+")
+    unknown = [part for part in follow if part not in FOLLOW_UPS]
+    if unknown:
+        raise SystemExit(f"error: {method!r}: after + give one of {sorted(FOLLOW_UPS)}")
+    return [f"pruner={name}", *(["pruner.cache_dir=null"] if name == "dpruner" else []),
+            *(FOLLOW_UPS[part] for part in follow)]

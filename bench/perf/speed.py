@@ -2,12 +2,14 @@
 same calibration set, measured in the same run.
 
     python -m bench.perf.speed [--model smollm2-135m] [--nsamples 32] [--seqlen 512] [--batch-size 8]
-                               [--methods magnitude,wanda,sparsegpt] [--out results/bench/speed.md]
+                               [--methods magnitude,wanda,ria,sparsegpt,wanda+dsnot]
+                               [--out results/bench/speed.md]
 
 Each measurement runs in its own process so that its peak RSS is its own. Every cell is the
 default config (conf/) at sparsity 0.5 with the sizes above as `calib.*` and `driver.batch_size`.
 A layer-by-layer method needs at least two forward passes' worth of work (statistics, then the
-pruned re-run), so the table reports time / (2 x forward)."""
+pruned re-run), so the table reports time / (2 x forward). `<method>+dsnot` adds DSnoT's refinement
+(its own layer-by-layer pass, whose seconds are shown apart), `<method>+obs` the OBS update."""
 
 from __future__ import annotations
 
@@ -56,17 +58,21 @@ def measure(kind: str, model_name: str, nsamples: int, seqlen: int, batch_size: 
     start = time.perf_counter()
     work()
     seconds = time.perf_counter() - start
-    return {"kind": kind, "seconds": seconds, "peak_rss_mb": peak_memory_mb(device), "loaded_mb": loaded_mb}
+    stages = {} if kind == "forward" else cell.pruner.stages
+    follow_s = sum(stages.get(stage, {}).get("seconds", 0.0) for stage in ("refine", "reconstruct"))
+    return {"kind": kind, "seconds": seconds, "follow_up_s": follow_s, "peak_rss_mb": peak_memory_mb(device),
+            "loaded_mb": loaded_mb}
 
 
 def table(rows: list[dict[str, Any]], forward_s: float) -> str:
     """Markdown rows: each measurement and its time relative to two forward passes."""
-    lines = ["| method | prune time (s) | x (2 x forward) | peak RSS (MiB) | RSS after load (MiB) |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| method | prune time (s) | x (2 x forward) | of which refine/update (s) | peak RSS (MiB) "
+             "| RSS after load (MiB) |", "|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         ratio = row["seconds"] / (2 * forward_s)
-        lines.append(f"| {row['kind']} | {row['seconds']:.1f} | {ratio:.2f} | {row['peak_rss_mb']:.0f} "
-                     f"| {row['loaded_mb']:.0f} |")
+        follow = f"{row['follow_up_s']:.1f}" if row.get("follow_up_s") else ""
+        lines.append(f"| {row['kind']} | {row['seconds']:.1f} | {ratio:.2f} | {follow} "
+                     f"| {row['peak_rss_mb']:.0f} | {row['loaded_mb']:.0f} |")
     return "\n".join(lines)
 
 
@@ -76,7 +82,7 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--methods", default="magnitude,wanda,sparsegpt")
+    parser.add_argument("--methods", default="magnitude,wanda,ria,sparsegpt,wanda+dsnot")
     parser.add_argument("--out", default="results/bench/speed.md", help="relative to the project root")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
