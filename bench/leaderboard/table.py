@@ -17,7 +17,7 @@ from bench.leaderboard.seeds import Group, group_cells
 from bench.leaderboard.sizing import mark_near_chance, suite_notes
 from bench.results.records import NOT_IN_KEY
 
-METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "dpruner")
+METHOD_ORDER = ("dense", "magnitude", "wanda", "ria", "sparsegpt", "dpruner")
 KEYLESS = tuple(".".join(path) for path in NOT_IN_KEY)  # where things go, how they are shown
 # never a row's variant: those, and the data fingerprints (the same files read anew)
 IGNORED = (*KEYLESS, "inputs")
