@@ -15,14 +15,12 @@ from core.checks import choice
 from core.structure import model_linears
 from pruners.allocation import Allocation
 from pruners.base import MatrixReport, Pruner, register
-from pruners.masks import select_mask
+from pruners.masks import SCORE_GROUPS, select_mask
 from pruners.pattern import Pattern
-
-MAGNITUDE_GROUPS = {"per_matrix": "matrix", "per_row": "row"}
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float, pattern: Pattern, group: str) -> torch.Tensor:
-    return select_mask(weight.abs().float(), sparsity, pattern, MAGNITUDE_GROUPS[group])
+    return select_mask(weight.abs().float(), sparsity, pattern, SCORE_GROUPS[group])
 
 
 @register("magnitude")
@@ -30,7 +28,7 @@ class Magnitude(Pruner):
     def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
                  allocation: Allocation | None = None, group: str = "per_matrix", **follow: Any) -> None:
         super().__init__(sparsity, pattern, driver, allocation, **follow)
-        self.group = choice("pruner.group", group, sorted(MAGNITUDE_GROUPS))
+        self.group = choice("pruner.group", group, sorted(SCORE_GROUPS))
 
     @torch.no_grad()
     def prune_model(self, model: nn.Module, calibration: Calibration,

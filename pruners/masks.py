@@ -11,6 +11,7 @@ from core.errors import ConfigError
 from pruners.pattern import Pattern
 
 MASK_GROUPS = ("matrix", "row", "block")
+SCORE_GROUPS = {"per_matrix": "matrix", "per_row": "row"}  # a method's `group` option -> mask group
 
 
 def prune_count(n: int, sparsity: float) -> int:

@@ -18,7 +18,7 @@ from pruners import build
 from tests.conftest import VOCAB, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
-OPTIONS = {"magnitude": {}, "wanda": {}, "sparsegpt": {},
+OPTIONS = {"magnitude": {}, "wanda": {}, "ria": {}, "sparsegpt": {},
            "dpruner": {"lambda_": 1e9, "cache_dir": None, "scratch": "memory"}}
 
 

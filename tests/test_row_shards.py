@@ -79,11 +79,11 @@ def test_bad_settings_are_refused_before_loading(model: dict, pruner: str, messa
 
 @pytest.mark.parametrize("pruner", sorted(REGISTRY))
 def test_methods_that_prune_through_the_driver_take_row_sharded_weights(pruner: str) -> None:
-    """Each method's own flag decides: Wanda, SparseGPT and D-Pruner gather what they need whole;
+    """Each method's own flag decides: Wanda, RIA, SparseGPT and D-Pruner gather what they need whole;
     magnitude and dense (whole matrices at once) refuse in one line."""
     method = build(pruner)
     cfg = OmegaConf.create({"source": "pretrained", "shard_rows": True})
-    if pruner in ("wanda", "sparsegpt", "dpruner"):
+    if pruner in ("wanda", "ria", "sparsegpt", "dpruner"):
         check_shard_rows(cfg, method.row_shards, method.name, row_shard_methods())
     else:
         with pytest.raises(ConfigError, match=f"does not run pruner={pruner} "):
