@@ -128,7 +128,7 @@ def test_high_sparsity_preset_cells() -> None:
     assert len(cells) == len({c.key for c in cells}) == 60
     assert len({c.key for c in cells} & shared) == 8
     assert {c.pruner.allocation.kind for c in cells} == {"uniform", "owl"}
-    rebuilt = [c for c in cells if c.pruner.name == "dpruner" and c.pruner.options.reconstruct == "mixed"]
+    rebuilt = [c for c in cells if c.pruner.name == "dpruner" and c.pruner.follow.reconstruct == "mixed"]
     assert len(rebuilt) == 12 and all(c.requests["reconstruct"].source == "mixed" for c in rebuilt)
 
 
@@ -290,3 +290,41 @@ def test_wandb_offline_without_credentials(tmp_path: Path) -> None:
     assert len(runs) == 1 and any(runs[0].glob("*.wandb")), list(wandb_dir.rglob("*"))[:20]
     assert len(records(tmp_path / "runs")) == 1
 
+
+
+@pytest.mark.slow
+def test_mask_update_preset_is_the_whole_factorial() -> None:
+    """Every mask (6) x update (none, mixed) x setting (50 %, 70 %, 2:4) x domain, beside
+    SparseGPT on general and mixed windows: 84 cells, each its own key, each naming its choices."""
+    from bench.cell import validate
+
+    jobs = expand("mask_update")
+    seen, keys = set(), set()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for job in jobs:
+            cfg = compose(config_name="config", overrides=job)
+            cell = validate(cfg)
+            keys.add(cell.key)
+            choices = cell.pruner.describe()
+            seen.add((choices["mask"], choices["refine"], choices["update"], cfg.domain.name,
+                      cell.config["sparsity"], cell.config["pattern"],
+                      cell.pruner.calibration_source(cell.requests)))
+
+    def source(mask: str, refine: str, update: str) -> str | None:
+        """The calib axis: the mask's general windows, else the update's (magnitude and D-Pruner
+        read none of the calib group's for their masks)."""
+        if mask not in ("magnitude", "dpruner") or refine == "dsnot":
+            return "general"
+        return None if update == "none" else "mixed"
+
+    masks = [("magnitude", "none"), ("wanda", "none"), ("ria", "none"), ("dpruner", "none"),
+             ("wanda", "dsnot"), ("dpruner", "dsnot")]
+    settings = [(0.5, "unstructured"), (0.7, "unstructured"), (0.5, "2:4")]
+    domains = ("healthcare", "legal")
+    expected = {(mask, refine, update, domain, *setting, source(mask, refine, update))
+                for mask, refine in masks for update in ("none", "obs(mixed)") for domain in domains
+                for setting in settings}
+    expected |= {("sparsegpt", "none", "joint", domain, *setting, calib) for domain in domains
+                 for setting in settings for calib in ("general", "mixed")}
+    assert len(jobs) == len(keys) == len(seen) == 84
+    assert seen == expected
