@@ -104,10 +104,18 @@ class Pruner:
                 "update": update if update in ("none", "joint") else f"obs({update})"}
 
     def calibration_passes(self, requests: Mapping[str, WindowRequest]) -> dict[str, int]:
-        """How many times each source's windows run through the model: once where read, 0 where
-        not (a method that iterates over its windows says how often)."""
-        read = {text for request in requests.values() for text in request.texts}
-        return {source: int(source in read) for source in ("general", "domain")}
+        """How many times each source's windows run through the model: once where the method
+        reads them, 0 where not (a method that iterates over its windows says how often), plus
+        one pass for the refinement (the `ids` windows) and one for the update (its own)."""
+        read = {text for slot, request in requests.items() if slot != "reconstruct"
+                for text in request.texts}
+        passes = {source: int(source in read) for source in ("general", "domain")}
+        follow_ups = [requests[slot] for slot, on in (("ids", self.follow.refine != "none"),
+                                                      ("reconstruct", self.follow.reconstruct != "none")) if on]
+        for request in follow_ups:
+            for source in request.texts:
+                passes[source] += 1
+        return passes
 
     def optimizer_steps(self, windows: Mapping[str, Mapping[str, Any]]) -> int | None:
         """The optimizer steps pruning takes over the windows counted per slot (`windows` of

@@ -133,3 +133,19 @@ def test_refined_and_updated_keeps_the_refined_mask(tiny_dpruner) -> None:  # no
         assert torch.equal(keep.reshape(keep.shape[0], -1, 4).sum(-1), torch.full_like(
             keep.reshape(keep.shape[0], -1, 4).sum(-1), 2)), name  # still 2:4
     assert all("error_reconstructed" in r.notes and "refined" in r.notes for r in reports)
+
+
+def test_the_budget_counts_each_follow_up_pass() -> None:
+    """Wanda reads its general windows once, DSnoT once more; the update's mixed windows add a pass
+    over each source; D-Pruner's epochs add to its domain pass."""
+    calib = {"source": "general", "nsamples": 4, "seqlen": 48, "mix": 0.5}
+
+    def passes(name: str, **options) -> dict[str, int]:
+        pruner = build(name, **options)
+        return pruner.calibration_passes(pruner.calibration_requests(calib))
+
+    assert passes("wanda") == {"general": 1, "domain": 0}
+    assert passes("wanda", refine="dsnot") == {"general": 2, "domain": 0}
+    assert passes("wanda", refine="dsnot", reconstruct="mixed") == {"general": 3, "domain": 1}
+    assert passes("magnitude", reconstruct="domain") == {"general": 0, "domain": 1}
+    assert passes("dpruner", epochs=2, reconstruct="mixed") == {"general": 2, "domain": 3}

@@ -108,7 +108,7 @@ class DPruner(Pruner):
         weights take one epoch (`DPrunerOptions.steps`)."""
         passes = super().calibration_passes(requests)
         if self.options.needs_domain and self.options.update_weights:
-            passes["domain"] = self.options.epochs
+            passes["domain"] += self.options.epochs - 1
         return passes
 
     def optimizer_steps(self, windows: Mapping[str, Mapping[str, Any]]) -> int | None:
