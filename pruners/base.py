@@ -104,15 +104,17 @@ class Pruner:
                 "update": update if update in ("none", "joint") else f"obs({update})"}
 
     def calibration_passes(self, requests: Mapping[str, WindowRequest]) -> dict[str, int]:
-        """How many times each source's windows run through the model: once where the method
-        reads them, 0 where not (a method that iterates over its windows says how often), plus
-        one pass for the refinement (the `ids` windows) and one for the update (its own)."""
-        read = {text for slot, request in requests.items() if slot != "reconstruct"
-                for text in request.texts}
+        """How many times each source's windows run through the model: once where read, 0 where
+        not (a method that iterates over its windows says how often); the refinement runs the
+        `ids` windows once more, and so does the update where its windows are those same ones."""
+        read = {text for request in requests.values() for text in request.texts}
         passes = {source: int(source in read) for source in ("general", "domain")}
-        follow_ups = [requests[slot] for slot, on in (("ids", self.follow.refine != "none"),
-                                                      ("reconstruct", self.follow.reconstruct != "none")) if on]
-        for request in follow_ups:
+        again = [requests["ids"]] if self.follow.refine != "none" else []
+        update = requests.get("reconstruct")
+        if update is not None and any(_same_windows(update, other) for slot, other in requests.items()
+                                      if slot != "reconstruct"):
+            again.append(update)
+        for request in again:
             for source in request.texts:
                 passes[source] += 1
         return passes
@@ -166,6 +168,15 @@ class Pruner:
     def prune_model(self, model: nn.Module, calibration: Calibration,
                     device: torch.device) -> list[MatrixReport]:
         raise NotImplementedError
+
+
+def _same_windows(a: WindowRequest, b: WindowRequest) -> bool:
+    """Two requests that draw the same windows (source, sizes, the mix of mixed ones; one seed
+    per cell)."""
+    def drawn(r: WindowRequest) -> tuple:
+        return r.source, r.nsamples, r.seqlen, r.windows, r.mix if r.source == "mixed" else None
+
+    return drawn(a) == drawn(b)
 
 
 def build(name: str, **options: Any) -> Pruner:

@@ -136,8 +136,9 @@ def test_refined_and_updated_keeps_the_refined_mask(tiny_dpruner) -> None:  # no
 
 
 def test_the_budget_counts_each_follow_up_pass() -> None:
-    """Wanda reads its general windows once, DSnoT once more; the update's mixed windows add a pass
-    over each source; D-Pruner's epochs add to its domain pass."""
+    """Wanda reads its general windows once, DSnoT once more, an update on the same windows once
+    more; an update on other windows is one pass over them; D-Pruner's epochs add to its domain
+    pass."""
     calib = {"source": "general", "nsamples": 4, "seqlen": 48, "mix": 0.5}
 
     def passes(name: str, **options) -> dict[str, int]:
@@ -146,6 +147,8 @@ def test_the_budget_counts_each_follow_up_pass() -> None:
 
     assert passes("wanda") == {"general": 1, "domain": 0}
     assert passes("wanda", refine="dsnot") == {"general": 2, "domain": 0}
-    assert passes("wanda", refine="dsnot", reconstruct="mixed") == {"general": 3, "domain": 1}
+    assert passes("wanda", refine="dsnot", reconstruct="mixed") == {"general": 2, "domain": 1}
+    assert passes("wanda", refine="dsnot", reconstruct="general") == {"general": 3, "domain": 0}
     assert passes("magnitude", reconstruct="domain") == {"general": 0, "domain": 1}
-    assert passes("dpruner", epochs=2, reconstruct="mixed") == {"general": 2, "domain": 3}
+    assert passes("dpruner", epochs=2, reconstruct="mixed") == {"general": 1, "domain": 2}
+    assert passes("dpruner", reconstruct="general") == {"general": 2, "domain": 1}  # G's windows again
