@@ -25,6 +25,7 @@ class SparseGPT(Pruner, LayerPass):
     calibrated = True
     row_shards = True
     updates_kept_weights = True
+    mask_reads_percdamp = True  # its own Hessian dampening
 
     def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
                  allocation: Allocation | None = None, blocksize: int = 128, percdamp: float = 0.01,

@@ -152,3 +152,33 @@ def test_the_budget_counts_each_follow_up_pass() -> None:
     assert passes("magnitude", reconstruct="domain") == {"general": 0, "domain": 1}
     assert passes("dpruner", epochs=2, reconstruct="mixed") == {"general": 1, "domain": 2}
     assert passes("dpruner", reconstruct="general") == {"general": 2, "domain": 1}  # G's windows again
+
+
+def test_every_committed_record_keeps_its_key_with_the_follow_up_settings() -> None:
+    """Each committed record's method, rebuilt with the follow-up settings at their defaults where
+    the record has none, leaves out of the key exactly what the record left out (SparseGPT's and
+    D-Pruner's own `percdamp` stays in), so every committed cell is found again."""
+    import json
+
+    from core.paths import PROJECT_ROOT
+    from pruners import Allocation, from_config
+
+    defaults = {"reconstruct": "none", "refine": "none", "percdamp": 0.01,
+                "dsnot": {"max_cycles": 50, "update_threshold": 0.1, "pow_of_var_regrowing": 1.0,
+                          "same_sign": False, "skip_layer": "mlp"}}
+    paths = sorted((PROJECT_ROOT / "results/leaderboard/records").glob("*.json"))
+    assert paths
+    for path in paths:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        config = record["config"]
+        if record["cell"]["pruner"] == "dense":
+            continue
+        stored = {key: value for key, value in config["pruner"].items() if key != "_target_"}
+        pruner_cfg = {**defaults, **config["pruner"]}
+        pruner = from_config(pruner_cfg, sparsity=config["sparsity"], pattern=config["pattern"],
+                             allocation=Allocation.of(config.get("allocation"), config.get("owl")))
+        now = cell_config({**config, "pruner": pruner_cfg}, dense=False, sparsity=config["sparsity"],
+                          pattern=config["pattern"], calib=config.get("calib"),
+                          allocation=config.get("allocation", "uniform"), unread=pruner.unread_options())
+        assert now["pruner"] == {**stored, "_target_": config["pruner"]["_target_"]}, path.name
+        assert record_key(now) == record["key"], path.name
