@@ -112,16 +112,16 @@ def cell_config(config: dict[str, Any], *, dense: bool, sparsity: float, pattern
     if dense or allocation == "uniform":
         config.pop("allocation", None)
         config.pop("owl", None)
-    if isinstance(config.get("pruner"), dict):
-        pruner = config["pruner"]
+    pruner = config.get("pruner")
+    if isinstance(pruner, dict):
         left_out = set(unread) | ({"reconstruct"} if pruner.get("reconstruct") == "none" else set())
         left_out |= {"refine", "dsnot"} if pruner.get("refine", "none") == "none" else set()
-        config["pruner"] = {k: v for k, v in pruner.items() if k not in left_out}
-    pruner = config.get("pruner")
-    if isinstance(pruner, dict) and isinstance(pruner.get("domain_calib"), dict):
-        defaults = (("windows", "random"), ("sources", None))  # added later: left out at defaults
-        size = {k: v for k, v in pruner["domain_calib"].items() if (k, v) not in defaults}
-        config["pruner"] = {**pruner, "domain_calib": size}
+        pruner = {k: v for k, v in pruner.items() if k not in left_out}
+        if isinstance(pruner.get("domain_calib"), dict):
+            defaults = (("windows", "random"), ("sources", None))  # added later: left out at defaults
+            size = pruner["domain_calib"].items()
+            pruner["domain_calib"] = {k: v for k, v in size if (k, v) not in defaults}
+        config["pruner"] = pruner
     domain = config.get("domain")
     if isinstance(domain, dict) and isinstance(domain.get("calib"), dict):  # added later: left out at false
         texts = {k: v for k, v in domain["calib"].items() if not (k == "exclude_evaluated" and v is False)}

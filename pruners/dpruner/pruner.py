@@ -43,6 +43,7 @@ from pruners.dpruner.general import Tensors, compute_general_importance
 from pruners.dpruner.options import DPrunerOptions
 from pruners.dpruner.sharded import sharded_domain_importance
 from pruners.dpruner.tensorfile import TensorFile
+from pruners.mask_update import dense_weights
 from pruners.masks import select_mask
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,10 @@ class StageClock:
 
 def dense_copy(model: nn.Module, scratch: Path | None) -> Tensors:
     """The original weights, restored after the trajectory (CPU memory, or a scratch file)."""
-    linears = model_linears(model)
     if scratch is None:
-        return {name: linear.weight.detach().to("cpu", copy=True) for name, linear in linears.items()}
+        return dense_weights(model)
     with TensorFile.writing(scratch / "dense.bin") as copy:
-        for name, linear in linears.items():
+        for name, linear in model_linears(model).items():
             copy.put(name, linear.weight)
     return TensorFile.open(scratch / "dense.bin")
 
