@@ -251,7 +251,8 @@ def test_jsonl_rows_are_the_objects_written_or_one_error(values: list, encoding:
         assert "\n" not in str(err)
         return
     plain = data.startswith(b"\xef\xbb\xbf") or data.decode("utf-8") == data.decode("latin-1")
-    if end != "\r" and (encoding.startswith("utf-8") or plain):
+    lossless = data == encoded(values, "utf-8-sig" if data.startswith(b"\xef\xbb\xbf") else "utf-8", end)
+    if end != "\r" and (encoding.startswith("utf-8") or plain) and lossless:
         assert rows_read == values  # every value is an object here: a line per object, as written
     for row in rows_read:
         try:
