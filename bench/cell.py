@@ -25,6 +25,7 @@ from core.calibration import (
     calibration_settings,
     check_context,
 )
+from core.checks import as_int
 from core.data import CACHE_ENV, resolve_data_root
 from core.distributed import World, check_shares
 from core.evaluated import EvaluatedTexts
@@ -84,7 +85,7 @@ def validate(cfg: DictConfig, world: World | None = None) -> ValidatedCell:
     readers) before any weights load."""
     plain = checked_config(cfg)  # every key declared, every value normalised (bench/schema.py)
     inputs = start_cell()  # a fresh copy of the files this cell reads: no other cell's bytes
-    seed = plain["seed"]  # a whole number: the schema's (as are force, save_masks, save_model)
+    seed = as_int("seed", plain["seed"], 0)  # whole by the schema; numpy's generators refuse < 0
     pruner = build_pruner(plain)
     world = world or World()
     pruner.check_world(world)

@@ -154,10 +154,19 @@ def _context_of(config: PretrainedConfig) -> int | None:
     return None
 
 
-
 def _random_config(cfg: Any, **defaults: Any) -> PretrainedConfig:
+    """The transformers config `model.architecture` describes; a value transformers refuses is one
+    ConfigError naming it (transformers' own message, on one line), before any weights exist."""
     arch = dict(cfg.architecture)
-    return AutoConfig.for_model(arch.pop("model_type"), **{**defaults, **arch})
+    model_type = arch.pop("model_type", None)
+    if not isinstance(model_type, str):
+        raise ConfigError(f"model.architecture.model_type={model_type!r}; name a transformers model "
+                          "type (llama, qwen2, ...)")
+    try:
+        return AutoConfig.for_model(model_type, **{**defaults, **arch})
+    except Exception as err:  # transformers raises ValueError, TypeError or its own validation errors
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ConfigError(f"model.architecture does not make a {model_type} config: {reason}") from None
 
 
 def model_config(cfg: Any) -> PretrainedConfig | None:

@@ -251,10 +251,9 @@ def test_validation_gives_a_cell_or_one_error(base: dict[str, Any], data: st.Dat
     assert len(cell.key) == 16 and type(cell.config["seed"]) is int
 
 
-@pytest.mark.xfail(strict=True, reason="core/models.py builds the test model's transformers config "
-                   "without turning its validation error into a ConfigError")
 def test_bad_architecture_value_is_one_error(base: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError):
+    one_line = r"^model.architecture does not make a llama config: .*hidden_size[^\n]*$"
+    with pytest.raises(ConfigError, match=one_line):
         validate(OmegaConf.create(injected(base, ("model", "architecture", "hidden_size"), None)))
 
 
