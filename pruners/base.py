@@ -16,6 +16,7 @@ from core.distributed import World
 from core.errors import ConfigError
 from core.row_shards import gather_to_leader
 from pruners.allocation import Allocation, LayerSparsities, allocate
+from pruners.driver import LayerPass, run_layerwise
 from pruners.mask_update import FollowUp, dense_weights, follow_mask, merge_notes
 from pruners.pattern import Pattern, check_sparsity
 from pruners.settings import DriverSettings, MatrixReport
@@ -168,6 +169,17 @@ class Pruner:
     def prune_model(self, model: nn.Module, calibration: Calibration,
                     device: torch.device) -> list[MatrixReport]:
         raise NotImplementedError
+
+
+class LayerwisePruner(Pruner, LayerPass):
+    """A method that sets each matrix's mask from statistics of its inputs on the `ids` windows
+    (`make_stats`, `finish_matrix`): one pass of the shared layer-by-layer driver."""
+
+    calibrated = True
+
+    def prune_model(self, model: nn.Module, calibration: Calibration,
+                    device: torch.device) -> list[MatrixReport]:
+        return run_layerwise(model, calibration.ids, self, self.driver, device, label=self.name)
 
 
 def _same_windows(a: WindowRequest, b: WindowRequest) -> bool:

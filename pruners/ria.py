@@ -10,13 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-from core.calibration import Calibration
 from core.checks import as_float, choice
 from pruners.allocation import Allocation
-from pruners.base import MatrixReport, Pruner, register
-from pruners.driver import LayerPass, run_layerwise
+from pruners.base import LayerwisePruner, register
 from pruners.masks import SCORE_GROUPS, select_mask
 from pruners.pattern import Pattern
 from pruners.scores import ColumnSquares
@@ -45,8 +42,7 @@ def ria_mask(weight: torch.Tensor, column_norms: torch.Tensor, sparsity: float, 
 
 
 @register("ria")
-class RIA(Pruner, LayerPass):
-    calibrated = True
+class RIA(LayerwisePruner):
     row_shards = True
 
     def __init__(self, sparsity: float = 0.5, pattern: str = "unstructured", driver=None,
@@ -64,6 +60,3 @@ class RIA(Pruner, LayerPass):
         keep = ria_mask(weight, stats.norms(), self.sparsity_of(name), self.pattern, self.group, self.a)
         return self.keep_weights(name, weight, keep), {}
 
-    def prune_model(self, model: nn.Module, calibration: Calibration,
-                    device: torch.device) -> list[MatrixReport]:
-        return run_layerwise(model, calibration.ids, self, self.driver, device, label="ria")

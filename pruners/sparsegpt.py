@@ -8,21 +8,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
-from core.calibration import Calibration
 from core.checks import as_float, as_int
 from core.errors import ConfigError
 from pruners.allocation import Allocation
-from pruners.base import MatrixReport, Pruner, register
-from pruners.driver import LayerPass, run_layerwise
+from pruners.base import LayerwisePruner, register
 from pruners.hessian import Hessian
 from pruners.obs import sparsegpt_prune
 
 
 @register("sparsegpt")
-class SparseGPT(Pruner, LayerPass):
-    calibrated = True
+class SparseGPT(LayerwisePruner):
     row_shards = True
     updates_kept_weights = True
     mask_reads_percdamp = True  # its own Hessian dampening
@@ -45,6 +41,3 @@ class SparseGPT(Pruner, LayerPass):
         return sparsegpt_prune(weight, stats.matrix(), self.sparsity_of(name), self.pattern,
                                self.blocksize, self.percdamp)
 
-    def prune_model(self, model: nn.Module, calibration: Calibration,
-              device: torch.device) -> list[MatrixReport]:
-        return run_layerwise(model, calibration.ids, self, self.driver, device, label="sparsegpt")

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from core.calibration import Calibration
-from pruners.base import MatrixReport, Pruner, register
-from pruners.driver import LayerPass, run_layerwise
+from pruners.base import LayerwisePruner, register
 from pruners.masks import select_mask
 from pruners.pattern import Pattern
 from pruners.scores import ColumnSquares, wanda_score
@@ -19,8 +16,7 @@ def wanda_mask(weight: torch.Tensor, column_norms: torch.Tensor, sparsity: float
 
 
 @register("wanda")
-class Wanda(Pruner, LayerPass):
-    calibrated = True
+class Wanda(LayerwisePruner):
     row_shards = True
 
     def make_stats(self, columns: int, device: torch.device) -> ColumnSquares:
@@ -31,6 +27,3 @@ class Wanda(Pruner, LayerPass):
         keep = wanda_mask(weight, stats.norms(), self.sparsity_of(name), self.pattern)
         return self.keep_weights(name, weight, keep), {}
 
-    def prune_model(self, model: nn.Module, calibration: Calibration,
-              device: torch.device) -> list[MatrixReport]:
-        return run_layerwise(model, calibration.ids, self, self.driver, device, label="wanda")
