@@ -69,6 +69,7 @@ class Pruner:
         self.layers = LayerSparsities(self.allocation, self.sparsity)  # decided again by `prune`
         self.stages: dict[str, dict[str, float]] = {}  # after prune: seconds and peak memory per stage
         self.masks: dict[str, torch.Tensor] = {}  # while pruning with a follow-up: each matrix's keep
+        self.dense: dict[str, torch.Tensor] | None = None  # while pruning with a follow-up: CPU dense copy
 
     def calibration_requests(self, calib: Mapping[str, Any]) -> dict[str, WindowRequest]:
         """The windows `prune` reads, by `Calibration` slot: the `calib` group's as `ids` for the
@@ -153,15 +154,15 @@ class Pruner:
     def prune(self, model: nn.Module, calibration: Calibration,
               device: torch.device) -> list[MatrixReport]:
         self.layers = allocate(model, calibration.ids, self.allocation, self.sparsity, self.driver, device)
-        dense = dense_weights(model) if self.follow.active else None
+        self.dense = dense_weights(model) if self.follow.active else None  # a method may read it too
         self.masks = {}
         reports = self.prune_model(model, calibration, device)
-        if dense is not None:
+        if self.dense is not None:
             windows = {slot: calibration.get(slot) for slot in ("ids", "reconstruct")}
-            passes = follow_mask(model, self.follow, self.pattern, self.masks, dense, windows, self.driver,
-                                 device, self.stages)
+            passes = follow_mask(model, self.follow, self.pattern, self.masks, self.dense, windows,
+                                 self.driver, device, self.stages)
             reports = merge_notes(passes[-1], reports, *passes[:-1])
-            self.masks = {}
+            self.masks, self.dense = {}, None
         if self.row_shards:
             gather_to_leader(model)  # row-sharded weights: rank 0 evaluates the whole pruned model
         return reports

@@ -158,7 +158,8 @@ class DPruner(Pruner):
                 scores, domain_notes = sharded_domain_importance(model, calibration["domain"], G, o, device,
                                                                  store, self.driver.progress)
             else:
-                dense = dense_copy(model, scratch) if o.update_weights else None
+                if o.update_weights:  # with a follow-up, the copy the base class took for it
+                    dense = self.dense if self.dense is not None else dense_copy(model, scratch)
                 scores, domain_notes = domain_importance(model, calibration["domain"], G, dense, o, device,
                                                          store, self.driver.progress)
             if o.needs_domain:
