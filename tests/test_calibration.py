@@ -38,10 +38,14 @@ ROOT = resolve_data_root(None)
 
 
 def calib_cfg(domain: str, **limits):
-    """A domain's `calib` block, with per-source limits replaced (None: every item)."""
+    """A domain's `calib` block, with per-source limits replaced (None: every item; 0: the
+    source left out, as `~domain.calib.sources.<name>` leaves it out of a run)."""
     cfg = OmegaConf.load(PROJECT_ROOT / f"conf/domain/{domain}.yaml")
     for source, limit in limits.items():
-        cfg.calib.sources[source].limit = limit
+        if limit == 0:
+            del cfg.calib.sources[source]
+        else:
+            cfg.calib.sources[source].limit = limit
     return cfg.calib
 
 
