@@ -26,6 +26,15 @@ def _interrupted_early(signum: int, frame: object) -> None:
     os._exit(130)
 
 
+def interrupted(message: str) -> None:
+    """The one `interrupted:` line, on a line of its own even where a progress bar was drawing
+    (an open bar leaves the cursor at the end of its line)."""
+    from tqdm import tqdm  # imported already: every stage draws its progress with it
+
+    drawing = len(getattr(tqdm, "_instances", ())) > 0
+    print(("\n" if drawing else "") + f"interrupted: {message}", file=sys.stderr)
+
+
 if __name__ == "__main__":  # the command's own work, not an import's: a quiet Ctrl-C until the
     signal.signal(signal.SIGINT, _interrupted_early)  # heavy imports below are done
 
@@ -188,9 +197,9 @@ def main(cfg: DictConfig) -> None:
         if multirun:
             raise  # the grid's own `interrupted:` line speaks for the cell
         if key is not None and written(cell) != before:  # the cell was done; W&B or the summary was not
-            print(f"interrupted: cell {key} recorded ({record_path(cell.results_dir, key)})", file=sys.stderr)
+            interrupted(f"cell {key} recorded ({record_path(cell.results_dir, key)})")
         else:
-            print(f"interrupted: nothing recorded for cell {key or '(not yet validated)'}", file=sys.stderr)
+            interrupted(f"nothing recorded for cell {key or '(not yet validated)'}")
         sys.exit(130)
     finally:
         processes.stop()
