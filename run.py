@@ -26,15 +26,6 @@ def _interrupted_early(signum: int, frame: object) -> None:
     os._exit(130)
 
 
-def interrupted(message: str) -> None:
-    """The one `interrupted:` line, on a line of its own even where a progress bar was drawing
-    (an open bar leaves the cursor at the end of its line)."""
-    from tqdm import tqdm  # imported already: every stage draws its progress with it
-
-    drawing = len(getattr(tqdm, "_instances", ())) > 0
-    print(("\n" if drawing else "") + f"interrupted: {message}", file=sys.stderr)
-
-
 if __name__ == "__main__":  # the command's own work, not an import's: a quiet Ctrl-C until the
     signal.signal(signal.SIGINT, _interrupted_early)  # heavy imports below are done
 
@@ -86,7 +77,7 @@ from bench.results.records import (  # noqa: E402
 from bench.results.tracking import log_record  # noqa: E402
 from bench.schema import composition_error  # noqa: E402
 from core import distributed as processes  # noqa: E402  (a global `distributed` breaks submitit's pickle)
-from core.errors import ConfigError  # noqa: E402
+from core.errors import ConfigError, print_own_lines  # noqa: E402
 from core.files import remove_stale_partials  # noqa: E402
 from core.memory import peak_memory_mb  # noqa: E402
 from core.models import load_model, place_for_evaluation, resolve_device, save_model  # noqa: E402
@@ -197,9 +188,9 @@ def main(cfg: DictConfig) -> None:
         if multirun:
             raise  # the grid's own `interrupted:` line speaks for the cell
         if key is not None and written(cell) != before:  # the cell was done; W&B or the summary was not
-            interrupted(f"cell {key} recorded ({record_path(cell.results_dir, key)})")
+            print_own_lines(f"interrupted: cell {key} recorded ({record_path(cell.results_dir, key)})")
         else:
-            interrupted(f"nothing recorded for cell {key or '(not yet validated)'}")
+            print_own_lines(f"interrupted: nothing recorded for cell {key or '(not yet validated)'}")
         sys.exit(130)
     finally:
         processes.stop()

@@ -139,10 +139,12 @@ def domain_texts(calib_cfg: Mapping[str, Any], data_root: Path,
         if not any(text.strip() for text in found):
             raise ConfigError(f"domain.calib.sources.{name}: {spec.get('path')} has no items")
         limit = spec.get("limit")
-        if limit is not None and as_int(f"domain.calib.sources.{name}.limit", limit) < 1:
-            raise ConfigError(f"domain.calib.sources.{name}.limit={limit!r} must be >= 1 (null: every "
-                              f"item); to leave the source out, drop it: ~domain.calib.sources.{name}")
-        by_source[name] = _evenly(found, None if limit is None else int(limit))
+        if limit is not None:
+            limit = as_int(f"domain.calib.sources.{name}.limit", limit)
+            if limit < 1:
+                raise ConfigError(f"domain.calib.sources.{name}.limit={limit!r} must be >= 1 (null: every "
+                                  f"item); to leave the source out, drop it: ~domain.calib.sources.{name}")
+        by_source[name] = _evenly(found, limit)
     dropped: dict[str, int] = {}
     if evaluated is not None:
         by_source, dropped = evaluated.exclude(by_source)

@@ -28,7 +28,7 @@ from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from core.errors import ConfigError
+from core.errors import ConfigError, print_own_lines
 
 
 def union_of_grids(parser: OverridesParser, grids: Sequence[Mapping[str, str]],
@@ -112,7 +112,7 @@ class GridSweeper(BasicSweeper):
                 returns += self.launcher.launch(batch, initial_job_idx=start)
         except KeyboardInterrupt:
             stopped = f"interrupted: grid stopped after {len(returns)} of {len(jobs)} cells"
-            print("\n".join([*failure_lines(returns, jobs), stopped]), file=sys.stderr, flush=True)
+            print_own_lines(*failure_lines(returns, jobs), stopped)
             sys.exit(130)
         failed = failure_lines(returns, jobs)
         summary = f"grid: {len(jobs)} cells, {len(failed)} failed"
