@@ -147,6 +147,7 @@ def test_a_config_that_no_longer_builds_its_method_has_no_budget() -> None:
 NLL = {  # (domain, general) mean NLL per token of each synthetic row: perplexity = exp(NLL)
     "dense": (2.0, 2.5), "wanda": (3.0, 3.0), "wandamix": (2.9, 3.1),
     "dp1000": (2.6, 3.4), "dp4000": (2.4, 3.5), "sgptmix": (2.8, 2.9),
+    "dpobs": (2.5, 3.2), "sgptdom": (2.7, 3.3), "wanda4": (2.95, 3.0),
 }
 
 
@@ -211,6 +212,41 @@ def test_budget_views_place_rank_and_front_the_rows(budget_board: Path, tmp_path
     assert [r["pareto"] for r in rows if r["label"] == "wanda"] == ["False"]
     for view in ("budget_curves", "cost_fronts", "retention"):
         assert (out / f"legal-tiny-quick-s0.5-unstructured-{view}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def window_set(source: str, windows: int, domain_windows: int) -> dict:
+    return {"source": source, "windows": windows, "seqlen": 250, "domain_windows": domain_windows}
+
+
+def test_equal_windows_place_a_method_that_reads_two_sets_beside_one_that_reads_one(tmp_path: Path) -> None:
+    folder, out = tmp_path / "runs", tmp_path / "board"
+    dpobs = synthetic("dpobs", "dpruner", 1500, calib="mixed", reconstruct="mixed")
+    dpobs["budget"]["windows"] = {"domain": window_set("domain", 4, 4),
+                                  "reconstruct": window_set("mixed", 4, 2),
+                                  "general": window_set("general", 4, 0)}
+    sgptmix = synthetic("sgptmix", "sparsegpt", 500, calib="mixed")
+    sgptmix["budget"]["windows"] = {"ids": window_set("mixed", 4, 2)}
+    sgptdom = synthetic("sgptdom", "sparsegpt", 1000, calib="domain")
+    sgptdom["budget"]["windows"] = {"ids": window_set("domain", 4, 4)}
+    wanda = synthetic("wanda4", "wanda", 0)
+    wanda["budget"]["windows"] = {"ids": window_set("general", 4, 0)}  # no domain text: no window level
+    for found in (synthetic("dense", "dense", 0), dpobs, sgptmix, sgptdom, wanda):
+        save_record(folder, found)
+    cells, _ = read_cells(folder)
+    (panel,), _ = panels(cells)
+    assert panel.levels == [0, 500, 1000, 1500]  # every equal-token table holds one row
+    assert panel.window_levels() == [(4, 250)]
+    assert sorted(p.label for p in panel.at_windows((4, 250))) == [
+        "dpruner + obs(mixed) · calib=mixed", "sparsegpt · calib=domain", "sparsegpt · calib=mixed"]
+    assert main([str(folder), "--out", str(out), "--budget", "--no-cache"]) == 0
+    page = (out / "legal-budget.md").read_text(encoding="utf-8")
+    table = page.split("### Equal windows: 4 windows of 250 tokens")[1].split("###")[0]
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert "**" in rows["dpruner + obs(mixed) · calib=mixed"].split("|")[8]  # lowest domain NLL
+    assert set(rows) >= {"sparsegpt · calib=domain", "sparsegpt · calib=mixed"}
+    by_label = {r["label"]: r for r in csv.DictReader(io.StringIO(
+        (out / "legal-budget.csv").read_text(encoding="utf-8")))}
+    assert (by_label["sparsegpt · calib=mixed"]["windows"], by_label["wanda"]["windows"]) == ("4", "")
 
 
 def test_no_budget_views_where_every_row_has_one_level(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """The budget views (docs/budget.md): methods compared at what their calibration consumed, not at
 one point. Per model, eval preset, domain, sparsity and pattern (a panel): budget curves (quality
 against domain tokens), cost fronts (against prune seconds and peak memory), an equal-budget table
-(at each domain-token level, every method's paired difference to the best) and retention (domain
-gain against general loss relative to dense, with the Pareto front).
+(at each domain-token level, every method's paired difference to the best; and at equal window
+counts where those split methods that read the same windows) and retention (domain gain against
+general loss relative to dense, with the Pareto front).
 
 A panel's x is the domain tokens seen: the distinct domain tokens drawn times the passes over them
 (D-Pruner's epochs), so that more windows and more epochs over the same windows share one axis.
@@ -82,6 +83,18 @@ class Point:
         return self.seen("domain")
 
     @property
+    def windows(self) -> tuple[int, int] | None:
+        """(windows, tokens per window) of its largest window set that holds domain text: the level
+        a preset names by its window count. A method reading several such sets (D-Pruner's domain
+        windows and its update's mixed ones) counts more domain tokens than one reading a single
+        set of that size, so the equal-token tables never place them side by side; this does."""
+        sets = [w for w in (self.budgets[0].get("windows") or {}).values() if w.get("domain_windows")]
+        if not sets:
+            return None
+        top = max(sets, key=lambda w: (w["windows"], w["seqlen"]))
+        return int(top["windows"]), int(top["seqlen"])
+
+    @property
     def seconds(self) -> float | None:
         return _mean([b.get("prune_seconds") for b in self.budgets])
 
@@ -120,6 +133,17 @@ class Panel(Place):
 
     def at(self, level: int) -> list[Point]:
         return [p for p in self.points if p.domain_tokens == level]
+
+    def window_levels(self) -> list[tuple[int, int]]:
+        """The (windows, tokens per window) levels whose points the equal-token tables split:
+        those where an equal-windows table shows a comparison no equal-token table holds."""
+        token_sets = [{p.label for p in self.at(level)} for level in self.levels]
+        levels = sorted({p.windows for p in self.points if p.windows is not None})
+        return [w for w in levels if {p.label for p in self.at_windows(w)} not in token_sets
+                and len(self.at_windows(w)) > 1]
+
+    def at_windows(self, level: tuple[int, int]) -> list[Point]:
+        return [p for p in self.points if p.windows == level]
 
 
 def _base_label(cell: RecordCell) -> str:
@@ -189,11 +213,11 @@ def spans_budgets(panel: Panel) -> bool:
     return len(panel.levels) > 1
 
 
-def level_block(panel: Panel, level: int, compare: Comparisons) -> Block:
-    """The points at one domain-token level as a leaderboard block, bold decided as in every
-    table (compare.mark_best: alone only where the paired test separates it)."""
+def level_block(panel: Panel, title: str, points: Sequence[Point], compare: Comparisons) -> Block:
+    """Points at one level (equal domain tokens, or equal windows) as a leaderboard block, bold
+    decided as in every table (compare.mark_best: alone only where the paired test separates it)."""
     columns = panel.metrics(panel.domain) + panel.metrics("general")
-    block = Block(f"{level:,} domain tokens", [Row(p.label, p.group) for p in panel.at(level)], columns)
+    block = Block(title, [Row(p.label, p.group) for p in points], columns)
     mark_best(block, compare)
     return block
 

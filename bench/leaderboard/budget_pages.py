@@ -35,10 +35,13 @@ LEGEND = ("Budgets: `domain tokens` counts the distinct domain calibration token
           "difference to the runner-up (same items) excludes zero; `Δ best`: the paired difference to "
           "the point-best with its 95 % interval. `derived`: the budget was computed from an older "
           "record's config. Retention: domain gain = 1 − perplexity / dense, general loss = "
-          "perplexity / dense − 1; `Pareto` marks the rows no other row beats on both.")
+          "perplexity / dense − 1; `Pareto` marks the rows no other row beats on both. Equal-windows "
+          "tables (only where the equal-budget tables split them) hold the window count fixed: a method "
+          "that reads two sets of that many windows (D-Pruner with an update) beside one that reads "
+          "one; `Δ best` there compares methods that read different domain tokens.")
 PLACE = ["model", "eval", "domain", "sparsity", "pattern", "series", "label", "n_seeds", "general_tokens",
-         "domain_tokens", "general_passes", "domain_passes", "domain_tokens_seen", "optimizer_steps",
-         "prune_seconds", "peak_memory_mb", "derived"]
+         "domain_tokens", "general_passes", "domain_passes", "domain_tokens_seen", "windows", "window_tokens",
+         "optimizer_steps", "prune_seconds", "peak_memory_mb", "derived"]
 
 
 def _scores(panel: Panel) -> dict[str, tuple[float, float]]:
@@ -56,16 +59,16 @@ def _budget_cells(p: Point) -> list[str]:
             _number(p.seconds), _number(p.memory_mb, ".0f"), "yes" if p.derived else ""]
 
 
-def level_table(panel: Panel, level: int, compare: Comparisons) -> list[str]:
+def level_table(panel: Panel, title: str, at: Sequence[Point], compare: Comparisons) -> list[str]:
     """One equal-budget table in Markdown: each row's budget, then per metric its value and its
     paired difference to the point-best."""
-    block = level_block(panel, level, compare)
-    points = {p.label: p for p in panel.at(level)}
+    block = level_block(panel, title, at, compare)
+    points = {p.label: p for p in at}
     best = {c: best_point(list(points.values()), c) for c in block.columns}
     head = ["method", "general tokens", "domain tokens", "steps", "prune s", "peak MB", "derived"]
     for column in block.columns:
         head += [header_name(column), "Δ best"]
-    lines = [f"### Equal budget: {block.title}", "", "| " + " | ".join(head) + " |",
+    lines = [f"### {block.title}", "", "| " + " | ".join(head) + " |",
              "|---|" + "---:|" * (len(head) - 1)]
     for row in block.rows:
         cells = [row.label, *_budget_cells(points[row.label])]
@@ -125,7 +128,8 @@ def csv_rows(panels_: Sequence[Panel], compare: Comparisons) -> str:
             b = p.budgets[0]
             row = [panel.model, panel.eval, panel.domain, panel.sparsity, panel.pattern, p.series, p.label,
                    len(p.group.cells), b["tokens"]["general"], b["tokens"]["domain"], b["passes"]["general"],
-                   b["passes"]["domain"], p.domain_tokens, b.get("optimizer_steps"), p.seconds, p.memory_mb,
+                   b["passes"]["domain"], p.domain_tokens, *(p.windows or ("", "")), b.get("optimizer_steps"),
+                   p.seconds, p.memory_mb,
                    p.derived]
             for m in metrics:
                 best = best_point(panel.at(p.domain_tokens), m)
@@ -153,7 +157,11 @@ def write_budget(cells: Sequence[RecordCell], out: Path, header: str, compare: C
             written += images
             lines += [f"## {panel.title}", "", *(f"![{p.stem}]({p.name})" for p in images), ""]
             for level in panel.levels:
-                lines += level_table(panel, level, compare)
+                title = f"Equal budget: {level:,} domain tokens"
+                lines += level_table(panel, title, panel.at(level), compare)
+            for windows, seqlen in panel.window_levels():
+                lines += level_table(panel, f"Equal windows: {windows:,} windows of {seqlen:,} tokens",
+                                     panel.at_windows((windows, seqlen)), compare)
             lines += retention_table(panel)
         for name, text in ((f"{domain}-budget.md", "\n".join(lines).rstrip() + "\n"),
                            (f"{domain}-budget.csv", csv_rows(domain_panels, compare))):
