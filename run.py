@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 
 def _interrupted_early(signum: int, frame: object) -> None:
@@ -24,6 +25,35 @@ def _interrupted_early(signum: int, frame: object) -> None:
     sys.stderr.write("interrupted: nothing recorded\n")
     sys.stderr.flush()
     os._exit(130)
+
+
+def _resend_interrupt_soon() -> None:
+    """Deliver Ctrl-C again a moment later, from a helper thread (Python runs the handler on the
+    main thread at its next step, which is almost surely outside the finalizer that was running)."""
+    timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+    timer.daemon = True  # a run that ends first is not held back
+    timer.start()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C during the cell is KeyboardInterrupt -- except inside a finalizer (`__del__`), where
+    Python would swallow it (printing "Exception ignored") and the run would go on: there it is
+    re-sent a moment later instead of lost."""
+    while frame is not None:
+        if frame.f_code.co_name in ("__del__", _interrupt_swallowed.__name__):
+            _resend_interrupt_soon()
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
+
+
+def _interrupt_swallowed(unraisable: sys.UnraisableHookArgs) -> None:
+    """The backstop for other places Python swallows exceptions (weakref callbacks, gc hooks): a
+    Ctrl-C ignored there is re-sent, not printed and lost; everything else is reported as usual."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        _resend_interrupt_soon()
+    else:
+        sys.__unraisablehook__(unraisable)
 
 
 if __name__ == "__main__":  # the command's own work, not an import's: a quiet Ctrl-C until the
@@ -197,7 +227,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again
+    signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C is KeyboardInterrupt again, never lost
+    sys.unraisablehook = _interrupt_swallowed
     try:
         main()
     except KeyboardInterrupt:  # while Hydra composes, before main's own handler is in place

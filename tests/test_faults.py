@@ -207,6 +207,34 @@ def outcome(process: subprocess.Popen, results: Path) -> tuple[str, str]:
     return out, err
 
 
+FINALIZER_CTRL_C = """
+import signal, sys, time
+sys.path.insert(0, {root!r})
+import run
+signal.signal(signal.SIGINT, run._interrupt)
+sys.unraisablehook = run._interrupt_swallowed
+class Finalized:
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C while a finalizer runs
+Finalized()
+try:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+except KeyboardInterrupt:
+    print("interrupted after the finalizer")
+"""
+
+
+def test_ctrl_c_inside_a_finalizer_is_delivered_not_swallowed() -> None:
+    """Python swallows an exception raised in `__del__`; run.py's handler re-sends that Ctrl-C so
+    the run still stops (without it the loop above runs its 5 s and nothing is printed)."""
+    result = subprocess.run([sys.executable, "-c", FINALIZER_CTRL_C.format(root=str(ROOT))],
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "interrupted after the finalizer", result.stderr[-2000:]
+    assert "Exception ignored" not in result.stderr
+
+
 @pytest.mark.slow
 def test_ctrl_c_at_any_moment_is_one_line_and_no_record(tmp_path: Path) -> None:
     """SIGINT at a sweep of delays from start to the cell's end (spaced by an uninterrupted run's
