@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from types import FrameType
 
 
 def _interrupted_early(signum: int, frame: object) -> None:
@@ -35,7 +36,7 @@ def _resend_interrupt_soon() -> None:
     timer.start()
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def _interrupt(signum: int, frame: FrameType | None) -> None:
     """Ctrl-C during the cell is KeyboardInterrupt -- except inside a finalizer (`__del__`), where
     Python would swallow it (printing "Exception ignored") and the run would go on: there it is
     re-sent a moment later instead of lost."""
@@ -54,6 +55,12 @@ def _interrupt_swallowed(unraisable: sys.UnraisableHookArgs) -> None:
         _resend_interrupt_soon()
     else:
         sys.__unraisablehook__(unraisable)
+
+
+def catch_interrupts() -> None:
+    """From here on Ctrl-C is KeyboardInterrupt again, and never lost in a finalizer."""
+    signal.signal(signal.SIGINT, _interrupt)
+    sys.unraisablehook = _interrupt_swallowed
 
 
 if __name__ == "__main__":  # the command's own work, not an import's: a quiet Ctrl-C until the
@@ -227,8 +234,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C is KeyboardInterrupt again, never lost
-    sys.unraisablehook = _interrupt_swallowed
+    catch_interrupts()
     try:
         main()
     except KeyboardInterrupt:  # while Hydra composes, before main's own handler is in place

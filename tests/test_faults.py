@@ -211,8 +211,7 @@ FINALIZER_CTRL_C = """
 import signal, sys, time
 sys.path.insert(0, {root!r})
 import run
-signal.signal(signal.SIGINT, run._interrupt)
-sys.unraisablehook = run._interrupt_swallowed
+run.catch_interrupts()
 class Finalized:
     def __del__(self):
         signal.raise_signal(signal.SIGINT)  # Ctrl-C while a finalizer runs
