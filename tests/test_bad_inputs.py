@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.cell import validate
-from bench.perf.cell import compose_config
+from bench.defaults import compose_config
 from core import formats
 from core.errors import ConfigError
 from core.items import TASK_KINDS, item

@@ -13,8 +13,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from bench.cell import validate
+from bench.defaults import compose_config
 from bench.perf import dpruner_lambda, gpu_check
-from bench.perf.cell import bench_cell, compose_config, pruner_overrides
+from bench.perf.cell import bench_cell, pruner_overrides
 from core.errors import ConfigError
 from pruners import REGISTRY, Pruner
 

@@ -27,7 +27,7 @@ from bench.data.__main__ import main as data_main
 from bench.data.convert import RECIPES
 from bench.data.fetch import fetch
 from bench.data.manifest import MANIFEST, Entry, load_manifest, select
-from bench.perf.cell import compose_config
+from bench.defaults import compose_config
 from core.data import resolve_data_root
 from core.errors import ConfigError
 from core.files import read_json

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench.cell import ValidatedCell, validate
-from bench.perf.cell import compose_config
+from bench.defaults import compose_config
 from core import snapshot
 from core.data import load_texts, resolve_data_root
 from core.errors import ConfigError

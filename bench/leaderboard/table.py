@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from bench.defaults import configured_defaults
 from bench.leaderboard.cells import COST, RecordCell
 from bench.leaderboard.compare import Comparisons, differences_to_dense, mark_best
 from bench.leaderboard.rows import Block, Row, Suite
@@ -40,26 +41,29 @@ def _config(cell: RecordCell, leave_out: tuple[str, ...]) -> dict[str, Any]:
 
 def _variants(cells: Sequence[RecordCell]) -> list[str]:
     """For cells that share a table row (e.g. an ablation next to the default), the config
-    values that tell them apart, as `key=value` text."""
+    values that tell them apart, as `key=value` text: each names where it departs from the
+    configured default (conf/ for its method, domain and calibration), so that a row's label
+    does not hang on which other presets' records share the folder."""
     if len(cells) == 1:
         return [""]
-    flat = [_config(c, IGNORED) for c in cells]
+    first = cells[0]
+    configured = _flatten(configured_defaults(first.method, first.domain, first.calib) or {})
+    defaults = {k: v for k, v in configured.items() if k != "seed" and not k.startswith(IGNORED)}
+    # a setting a record leaves out is one it ran at its default (records.cell_config), or one
+    # this checkout no longer has (then the cell does not read it and names nothing)
+    flat = [{**defaults, **_config(c, IGNORED)} for c in cells]
     keys = sorted({k for f in flat for k in f})
     differing = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
-    # each row names only where it departs from the group's most common value (an ablation's
-    # default row stays bare); rows that would still read alike name every differing key
-    common = {}
-    for k in differing:
+    reference = {k: repr(defaults[k]) for k in differing if k in defaults}
+    for k in (k for k in differing if k not in defaults):  # no default: the clear majority
         counts = Counter(repr(f.get(k)) for f in flat).most_common(2)
-        if counts[0][1] > counts[1][1]:  # a clear majority, not a tie
-            common[k] = counts[0][0]
+        if counts[0][1] > counts[1][1]:
+            reference[k] = counts[0][0]
 
     def describe(f: dict[str, Any], keys: Iterable[str]) -> str:
         return ", ".join(f"{k.removeprefix('pruner.')}={f.get(k)}" for k in keys)
 
-    # a setting the cell lacks is one it does not read (D-Pruner's domain_only reads no general
-    # calibration): its absence follows from another change, which names the row
-    short = [describe(f, (k for k in differing if k in f and repr(f[k]) != common.get(k))) for f in flat]
+    short = [describe(f, (k for k in differing if k in f and repr(f[k]) != reference.get(k))) for f in flat]
     if len(set(short)) < len(short):
         short = [describe(f, differing) for f in flat]
     if len(set(short)) < len(short):  # nothing in the config tells them apart

@@ -6,18 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from bench.cell import ValidatedCell, validate
+from bench.defaults import compose_config
 from core.distributed import World
-from core.paths import CONF_DIR
-
-
-def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """conf/config.yaml with command-line style overrides (`pruner=wanda`, `calib.nsamples=8`)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose("config", overrides=list(overrides))
 
 
 def bench_cell(overrides: Sequence[str], world: World | None = None) -> tuple[DictConfig, ValidatedCell]:
