@@ -386,6 +386,12 @@ def test_labels_follow_the_configured_default_not_the_majority(tmp_path: Path) -
                       "dpruner (lambda_=0.0)"]
     pair = cells([{}, {"blocking": True}])
     assert sorted(c.label for c in leaderboard.label_cells(pair)) == ["dpruner", "dpruner (blocking=True)"]
+    # alone, or shared by every row, a departure is still named: a bare label is the default
+    alone = cells([{"blocking": True}])
+    assert [c.label for c in leaderboard.label_cells(alone)] == ["dpruner (blocking=True)"]
+    both = cells([{"blocking": True}, {"blocking": True, "epochs": 2}])
+    assert sorted(c.label for c in leaderboard.label_cells(both)) == [
+        "dpruner (blocking=True)", "dpruner (blocking=True, epochs=2)"]
 
 
 def test_a_setting_an_ablation_does_not_read_is_left_out_of_its_label(tmp_path: Path) -> None:

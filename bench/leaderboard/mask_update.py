@@ -76,7 +76,7 @@ class Panel(Place):
 
     entries: list[Entry]
     dense: Group | None
-    left_out: int = 0  # ablation rows with no update, not shown (they would only crowd `none`)
+    left_out: int = 0  # rows with settings other than the defaults (ablations, budgets), not shown
 
     @property
     def masks(self) -> list[str]:
@@ -127,9 +127,9 @@ def panels(cells: Sequence[RecordCell]) -> list[Panel]:
         dense.setdefault((g.first.model, g.first.eval, g.first.domain), g)
     out = []
     for place, entries in sorted(found.items()):
-        updated = {e.mask for e in entries if e.update != NONE}
-        # an ablation (a row with a variant) that was never updated has nothing to show here
-        shown = [e for e in entries if e.mask in updated or not e.group.first.variant]
+        # the factorial runs every method at its configured defaults: a row with a variant (an
+        # ablation, another budget) would compare unequal budgets within a column
+        shown = [e for e in entries if not e.group.first.variant]
         out.append(Panel(*place, entries=sorted(shown, key=_entry_order), dense=dense.get(place[:3]),
                          left_out=len({e.mask for e in entries} - {e.mask for e in shown})))
     return out

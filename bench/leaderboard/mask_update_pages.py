@@ -91,7 +91,8 @@ def metric_lines(panel: Panel, table: MetricTable) -> list[str]:
 def panel_lines(panel: Panel, tables: Sequence[MetricTable]) -> list[str]:
     lines = [f"## {panel.title}", ""]
     if panel.left_out:
-        lines += [f"_{panel.left_out} ablation row(s) without an update left out (see the leaderboard)._", ""]
+        lines += [f"_{panel.left_out} row(s) with settings other than the defaults left out "
+                  "(see the leaderboard)._", ""]
     for table in tables:
         lines += metric_lines(panel, table)
     return lines

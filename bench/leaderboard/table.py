@@ -22,6 +22,9 @@ METHOD_ORDER = ("dense", "magnitude", "wanda", "ria", "sparsegpt", "dpruner")
 KEYLESS = tuple(".".join(path) for path in NOT_IN_KEY)  # where things go, how they are shown
 # never a row's variant: those, and the data fingerprints (the same files read anew)
 IGNORED = (*KEYLESS, "inputs")
+# what the cell's setting and its label already say (the block, `+ obs(<x>)`, `+ dsnot`, `· owl`)
+LABELLED = ("sparsity", "pattern", "allocation", "pruner.reconstruct", "pruner.refine")
+SUITE = ("model.", "eval.")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -41,20 +44,27 @@ def _config(cell: RecordCell, leave_out: tuple[str, ...]) -> dict[str, Any]:
 
 def _variants(cells: Sequence[RecordCell]) -> list[str]:
     """For cells that share a table row (e.g. an ablation next to the default), the config
-    values that tell them apart, as `key=value` text: each names where it departs from the
-    configured default (conf/ for its method, domain and calibration), so that a row's label
-    does not hang on which other presets' records share the folder."""
-    if len(cells) == 1:
-        return [""]
+    values that set each apart, as `key=value` text: where it departs from the configured default
+    (conf/ for its method, domain and calibration; the majority where conf/ has no such key), so
+    that a bare label is always the default and no label hangs on which other presets' records
+    share the folder."""
     first = cells[0]
-    configured = _flatten(configured_defaults(first.method, first.domain, first.calib) or {})
-    defaults = {k: v for k, v in configured.items() if k != "seed" and not k.startswith(IGNORED)}
+    found = configured_defaults(first.method, first.domain, first.calib)
+    if len(cells) == 1 and found is None:
+        return [""]
+    configured = _flatten(found or {})
+    shown = (*IGNORED, *LABELLED)
+    defaults = {k: v for k, v in configured.items() if k != "seed" and not k.startswith(shown)}
     # a setting a record leaves out is one it ran at its default (records.cell_config), or one
     # this checkout no longer has (then the cell does not read it and names nothing)
-    flat = [{**defaults, **_config(c, IGNORED)} for c in cells]
+    flat = [{**defaults, **_config(c, shown)} for c in cells]
     keys = sorted({k for f in flat for k in f})
     differing = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
-    reference = {k: repr(defaults[k]) for k in differing if k in defaults}
+    # a row names every departure from the default, also one all its neighbours share (but the
+    # model's and the eval's settings: the suite's title names those, the default is another model)
+    departing = [k for k in keys if k in defaults and not k.startswith(SUITE)
+                 and any(repr(f.get(k)) != repr(defaults[k]) for f in flat)]
+    reference = {k: repr(defaults[k]) for k in (*differing, *departing) if k in defaults}
     for k in (k for k in differing if k not in defaults):  # no default: the clear majority
         counts = Counter(repr(f.get(k)) for f in flat).most_common(2)
         if counts[0][1] > counts[1][1]:
@@ -63,7 +73,8 @@ def _variants(cells: Sequence[RecordCell]) -> list[str]:
     def describe(f: dict[str, Any], keys: Iterable[str]) -> str:
         return ", ".join(f"{k.removeprefix('pruner.')}={f.get(k)}" for k in keys)
 
-    short = [describe(f, (k for k in differing if k in f and repr(f[k]) != reference.get(k))) for f in flat]
+    named = sorted({*differing, *departing})
+    short = [describe(f, (k for k in named if k in f and repr(f[k]) != reference.get(k))) for f in flat]
     if len(set(short)) < len(short):
         short = [describe(f, differing) for f in flat]
     if len(set(short)) < len(short):  # nothing in the config tells them apart
