@@ -64,7 +64,7 @@ def _variants(cells: Sequence[RecordCell]) -> list[str]:
     # model's and the eval's settings: the suite's title names those, the default is another model)
     departing = [k for k in keys if k in defaults and not k.startswith(SUITE)
                  and any(repr(f.get(k)) != repr(defaults[k]) for f in flat)]
-    reference = {k: repr(defaults[k]) for k in (*differing, *departing) if k in defaults}
+    reference = {k: repr(v) for k, v in defaults.items()}
     for k in (k for k in differing if k not in defaults):  # no default: the clear majority
         counts = Counter(repr(f.get(k)) for f in flat).most_common(2)
         if counts[0][1] > counts[1][1]:
