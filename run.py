@@ -139,9 +139,11 @@ def run_cell(cfg: DictConfig, cell: ValidatedCell, world: processes.World) -> Pa
     print(f"load: model {cfg.model.name} on {device}", flush=True)
     model, tokenizer = load_model(cfg.model)
     calibration = cell.calibration(tokenizer)
+    cell.pruner.resume_folder = cell.resume_folder  # an interrupted long pass picks up there
     start = time.perf_counter()
     reports = cell.pruner.prune(model, calibration, device)
-    prune_seconds = time.perf_counter() - start
+    earlier = cell.pruner.resumed or {}  # what runs of this cell that were interrupted spent
+    prune_seconds = time.perf_counter() - start + earlier.get("seconds_before_resume", 0.0)
     model = place_for_evaluation(model, cfg.model, device)  # after rank-local loading
     if not world.leader:
         return None  # rank 0 evaluates the pruned model (every rank holds the same one)
@@ -154,7 +156,7 @@ def run_cell(cfg: DictConfig, cell: ValidatedCell, world: processes.World) -> Pa
         calib_source=cell.pruner.calibration_source(cell.requests),
         evaluation=evaluation, sparsity=sparsity_summary(model), prune_seconds=prune_seconds,
         prune_stages=cell.pruner.stages, matrices=[r.as_dict() for r in reports],
-        memory={"peak_rss_mb": peak_memory_mb(),
+        memory={"peak_rss_mb": max(peak_memory_mb(), earlier.get("peak_mb_before_resume") or 0.0),
                 "peak_cuda_mb": peak_memory_mb(device) if device.type == "cuda" else None},
         world={"size": world.size, "backend": backend}, layers=cell.pruner.layers.report(),
         budget=cell.pruner.budget(cell.requests, calibration))
@@ -165,6 +167,7 @@ def run_cell(cfg: DictConfig, cell: ValidatedCell, world: processes.World) -> Pa
         folder = cell.results_dir.parent / "models" / cell.key
         record["saved_model"] = str(save_model(model, tokenizer, folder))
     path = save_record(cell.results_dir, record)
+    cell.discard_resume_state()
     log_record(record, cfg.logger)
     print("\n".join(done_lines(record, path)))
     return path

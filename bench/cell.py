@@ -6,7 +6,9 @@ hash of the very bytes the cell reads (once, core/snapshot.py) for calibration a
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,8 @@ from core.snapshot import Snapshot, start_cell
 from evals.suite import check_eval_inputs, check_eval_settings, evaluated_texts
 from pruners import REGISTRY, Allocation, Pruner, from_config
 
+RESUME_DIR = "resume"  # under the results folder: progress of cells that were interrupted
+
 
 @dataclass
 class ValidatedCell:
@@ -66,6 +70,17 @@ class ValidatedCell:
         """The windows the cell's method asked for, drawn with the cell's seed."""
         return build_calibration(self.requests, tokenizer, self.general_calib, self.domain_calib,
                                  self.data_root, self.seed, self.evaluated)
+
+    @property
+    def resume_folder(self) -> Path:
+        """Where a long pass of this cell saves its progress until the record is written."""
+        return self.results_dir / RESUME_DIR / self.key
+
+    def discard_resume_state(self) -> None:
+        """Remove the cell's saved progress once its record exists (and the folder, when empty)."""
+        shutil.rmtree(self.resume_folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.resume_folder.parent.rmdir()
 
     def check_inputs(self) -> None:
         """Before the record is written: every data file still holds the bytes the cell read and

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -70,6 +71,8 @@ class Pruner:
         self.stages: dict[str, dict[str, float]] = {}  # after prune: seconds and peak memory per stage
         self.masks: dict[str, torch.Tensor] = {}  # while pruning with a follow-up: each matrix's keep
         self.dense: dict[str, torch.Tensor] | None = None  # while pruning with a follow-up: CPU dense copy
+        self.resume_folder: Path | None = None  # where a resumable pass saves its progress (set by the run)
+        self.resumed: dict[str, Any] | None = None  # after prune: where it resumed and what came before
 
     def calibration_requests(self, calib: Mapping[str, Any]) -> dict[str, WindowRequest]:
         """The windows `prune` reads, by `Calibration` slot: the `calib` group's as `ids` for the

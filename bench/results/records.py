@@ -70,6 +70,7 @@ NOT_IN_KEY = (
     ("model", "device_map"),  # where accelerate places the layers; added later, so old keys stay valid
     ("pruner", "return_freed_memory"),  # how the allocator trades time for memory; added later
     ("model", "shard_rows"),  # how many copies of the weights the processes hold; added later
+    ("pruner", "resume_minutes"),  # how often an interruptible pass saves its progress; added later
 )
 
 

@@ -36,6 +36,7 @@ from pruners.dpruner.formulas import (
 )
 from pruners.dpruner.lm_loss import NextTokenLoss
 from pruners.dpruner.options import DPrunerOptions
+from pruners.dpruner.resume import DomainPassResume
 from pruners.driver import batches
 
 Tensors = Mapping[str, torch.Tensor]
@@ -195,13 +196,19 @@ def score_buffers(name: str, param: nn.Parameter | torch.Tensor, store: torch.de
 
 
 def run_trajectory(options: DPrunerOptions, chunks: list[Batch], total: int,
-                   backward: Callable[[Batch, Pass], None], progress: bool) -> None:
-    """Every step's passes over the batches in turn (epochs wrap around)."""
+                   backward: Callable[[Batch, Pass], None], progress: bool,
+                   resume: DomainPassResume | None = None, matrices: list[MatrixScore] | None = None) -> None:
+    """Every step's passes over the batches in turn (epochs wrap around); with `resume`, from
+    the step an earlier run of the cell saved, saving its own progress as it goes."""
     trajectory = Trajectory(options, total)
-    for step in tqdm(range(total), desc="dpruner domain", unit="batch", disable=not progress):
+    start = resume.restore(matrices, trajectory) if resume else 0
+    for step in tqdm(range(start, total), initial=start, total=total, desc="dpruner domain", unit="batch",
+                     disable=not progress):
         batch = chunks[step % len(chunks)]
         for current in trajectory.passes(step):
             backward(batch, current)
+        if resume:
+            resume.after_step(step + 1, total, matrices, trajectory, options.update_weights)
 
 
 def matrix_notes(matrices: list[MatrixScore], total: int) -> dict[str, dict]:
@@ -220,9 +227,11 @@ def domain_batches(windows: torch.Tensor | ExampleWindows, size: int) -> list[Ba
 
 def domain_importance(model: nn.Module, ids: torch.Tensor | ExampleWindows, G: Tensors, dense: Tensors | None,
                       options: DPrunerOptions, device: torch.device, store: torch.device,
-                      progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+                      progress: bool = True, resume: DomainPassResume | None = None,
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """I for every pruned matrix over the domain windows `ids` (or whole examples), and per
-    matrix the size of the regulariser next to the gradient (mean |reg| / mean |g|)."""
+    matrix the size of the regulariser next to the gradient (mean |reg| / mean |g|). With
+    `resume` the pass picks up where an earlier run of the cell saved it, and saves as it goes."""
     total = options.steps(len(ids))
     probe = (ids.ids if isinstance(ids, ExampleWindows) else ids)[:1, :16]
     with ExitStack() as stack:
@@ -249,5 +258,6 @@ def domain_importance(model: nn.Module, ids: torch.Tensor | ExampleWindows, G: T
                 consumer.current = current
                 loss.backward(tokens, mask)
 
-        run_trajectory(options, domain_batches(ids, options.batch_size), total, backward, progress)
+        run_trajectory(options, domain_batches(ids, options.batch_size), total, backward, progress,
+                       resume, matrices)
     return {m.name: m.importance for m in matrices}, matrix_notes(matrices, total)

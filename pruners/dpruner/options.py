@@ -77,6 +77,7 @@ class DPrunerOptions:
     scratch: str = "auto"  # where G and the dense copy live: memory | disk | auto (disk on a CPU)
     scratch_dir: Path | None = None  # disk scratch folder (None: the system temp dir)
     cache_dir: Path | None = None  # G cached by model weights + general windows (None: off)
+    resume_minutes: float | None = 10.0  # save the domain pass this often, to resume it (None: never)
     domain_calib: Mapping[str, Any] = field(default_factory=lambda: dict(DOMAIN_CALIB))
 
     def __post_init__(self) -> None:
@@ -95,6 +96,8 @@ class DPrunerOptions:
             "percdamp": as_float("pruner.percdamp", self.percdamp, 0.0, 1.0, open_low=True, open_high=True),
             "max_grad_norm": None if self.max_grad_norm is None
             else as_float("pruner.max_grad_norm", self.max_grad_norm, 0.0, open_low=True),
+            "resume_minutes": None if self.resume_minutes is None
+            else as_float("pruner.resume_minutes", self.resume_minutes, 0.0),
             "loss_chunk": None if self.loss_chunk is None
             else as_int("pruner.loss_chunk", self.loss_chunk, 1),
             **{flag: as_bool(f"pruner.{flag}", getattr(self, flag))

@@ -41,6 +41,7 @@ from pruners.base import MatrixReport, Pruner, register
 from pruners.dpruner.domain import domain_importance
 from pruners.dpruner.general import Tensors, compute_general_importance
 from pruners.dpruner.options import DPrunerOptions
+from pruners.dpruner.resume import DomainPassResume
 from pruners.dpruner.sharded import sharded_domain_importance
 from pruners.dpruner.tensorfile import TensorFile
 from pruners.mask_update import dense_weights
@@ -160,8 +161,10 @@ class DPruner(Pruner):
             else:
                 if o.update_weights:  # with a follow-up, the copy the base class took for it
                     dense = self.dense if self.dense is not None else dense_copy(model, scratch)
+                resume = DomainPassResume.for_pass(self.resume_folder, o, calibration["domain"])
                 scores, domain_notes = domain_importance(model, calibration["domain"], G, dense, o, device,
-                                                         store, self.driver.progress)
+                                                         store, self.driver.progress, resume)
+                self.resumed = resume.report() if resume else None
             if o.needs_domain:
                 ratio = statistics.fmean(n["reg_ratio"] for n in domain_notes.values())
                 log.info("D-Pruner regulariser / gradient (mean over matrices): %.3g", ratio)
@@ -169,6 +172,10 @@ class DPruner(Pruner):
             clock.mark("domain")
             reports = self.apply_masks(model, scores, dense)
         clock.mark("mask")
+        if self.resumed:  # the domain stage's seconds include the earlier runs'
+            domain = clock.stages["domain"]
+            domain["seconds"] += self.resumed["seconds_before_resume"]
+            domain["resumed_at_step"] = self.resumed["resumed_at_step"]
         self.stages = clock.stages
         for report in reports:
             report.notes.update(general_notes.get(report.name, {}))
