@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from bench.cell import validate
+from bench.defaults import compose_config
 from bench.leaderboard.__main__ import main
 from bench.leaderboard.budget import derived_budget, panels, pareto, record_budget, retention
 from bench.leaderboard.cells import read_cells
@@ -23,7 +23,7 @@ from bench.results.records import save_record
 from core import distributed
 from core.calibration import Calibration, ExampleWindows, domain_windows, general_windows
 from core.models import load_model
-from core.paths import CONF_DIR, PROJECT_ROOT
+from core.paths import PROJECT_ROOT
 from pruners import build
 from pruners.dpruner import domain
 from tests.test_leaderboard_uncertainty import perplexity, record
@@ -54,8 +54,7 @@ def run_in_process(overrides: list[str], results: Path) -> tuple[dict, object, o
     """run.py's cell work (run_cell) on a composed config: (record, cell, tokenizer)."""
     from run import run_cell
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*TINY, *overrides, f"results.dir={results}"])
+    cfg = compose_config([*TINY, *overrides, f"results.dir={results}"])
     cell = validate(cfg)
     path = run_cell(cfg, cell, distributed.World())
     _, tokenizer = load_model(cfg.model)

@@ -8,9 +8,9 @@ import copy
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from bench.defaults import compose_config
 from bench.results.records import cell_config, record_key
 from core.calibration import (
     PAD_ID,
@@ -39,8 +39,7 @@ CALIB = {"source": "general", "nsamples": 4, "seqlen": 32, "mix": 0.5}
 
 
 def composed(*overrides: str):
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        return compose("config", ["pruner=dpruner", *overrides])
+    return compose_config(["pruner=dpruner", *overrides])
 
 
 @pytest.fixture(scope="module")
