@@ -114,11 +114,9 @@ class DomainPassResume:
             torch.save(state, handle)
         self.last_save = time.perf_counter()
 
-    def peak_mb(self) -> float | None:
+    def peak_mb(self) -> float:
         """The higher of this process's peak memory and the earlier runs' (MiB)."""
-        now = peak_memory_mb()
-        known = [v for v in (now, self.peak_mb_before) if v is not None]
-        return max(known) if known else None
+        return max(peak_memory_mb(), self.peak_mb_before or 0.0)
 
     def report(self) -> dict[str, Any] | None:
         """What the record says about a resumed pass: the step it resumed at and the seconds the
